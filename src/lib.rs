@@ -4,4 +4,9 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod commands;
+pub mod diagnostics;
+pub mod inventory;
+pub mod secrets;
+pub mod templates;
 pub mod transport;

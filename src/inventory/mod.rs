@@ -1,0 +1,266 @@
+//! The inventory: what hosts.toml says, validated. Everything after this
+//! point may assume names are well formed and references resolve.
+
+mod reader;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::diagnostics::{Collector, Diagnostic};
+
+pub use reader::parse;
+
+/// Built-in service templates shipped in `templates/`.
+pub const BUILTIN_TEMPLATES: &[&str] = &[
+    "redis",
+    "fluentd",
+    "elasticsearch",
+    "kibana",
+    "postgis",
+    "rails",
+    "nginx",
+];
+
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// The hosts.toml path as the user gave it (used in messages).
+    pub file: PathBuf,
+    /// Folder of hosts.toml: relative paths in it resolve from here.
+    pub root: PathBuf,
+    pub source: String,
+    pub project: Project,
+    pub app: AppSource,
+    pub secrets: Vec<SecretDecl>,
+    pub hosts: Vec<Host>,
+    pub services: Vec<Service>,
+    pub data: Vec<DataContainer>,
+    /// Byte span of every key path read, for errors found after parsing.
+    pub spans: HashMap<String, Range<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    /// Keys, known_hosts, generated secrets, logs and backups live here.
+    pub state_dir: PathBuf,
+    pub secrets_file: PathBuf,
+    /// A project known_hosts file checked besides ~/.ssh/known_hosts.
+    pub known_hosts: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSource {
+    Folder(PathBuf),
+    /// A tarball fetched on the host; `token` names the secret sent as a
+    /// bearer token (the seed's `$REPO_TOKEN`).
+    Tarball {
+        url: String,
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDecl {
+    pub name: String,
+    /// Create a strong random value once when it is missing.
+    pub generate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    Strict,
+    AcceptNew,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    Systemd,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerSource {
+    /// The distribution's own package (docker.io on Debian/Ubuntu).
+    Distro,
+    /// Docker's apt/dnf repository (docker-ce).
+    Upstream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identity: Option<PathBuf>,
+    /// Environment variable holding the identity's passphrase.
+    pub passphrase_env: Option<String>,
+    pub host_key: HostKeyPolicy,
+    pub sudo: bool,
+    pub docker: DockerSource,
+    /// Set when provision creates this host as a local playground machine.
+    pub machine: Option<LocalMachine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMachine {
+    pub init: Init,
+    pub forward: Vec<PortForward>,
+}
+
+/// `127.0.0.1:local` on the provisioning computer -> `guest` on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PortForward {
+    pub local: u16,
+    pub guest: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateRef {
+    Builtin(String),
+    /// A user's own folder; its files override the built-in template of
+    /// the same name when `base` is set.
+    Folder {
+        path: PathBuf,
+        base: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarValue {
+    String(String),
+    Integer(i64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for VarValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VarValue::String(s) => f.write_str(s),
+            VarValue::Integer(i) => write!(f, "{i}"),
+            VarValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// A published port: `host_port` on the host's address -> `container_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Publish {
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub host: String,
+    pub template: TemplateRef,
+    pub vars: BTreeMap<String, VarValue>,
+    pub publish: Vec<Publish>,
+    pub volumes: Vec<VolumeMount>,
+    /// Data containers (the seed's pattern) whose volumes this one mounts.
+    pub volumes_from: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    /// Wiring: services whose address this one needs.
+    pub uses: Vec<String>,
+    /// Plain ordering: services that must be running first.
+    pub after: Vec<String>,
+    /// The fluentd service this one logs to through Docker's log driver.
+    pub logs_to: Option<String>,
+}
+
+impl Service {
+    /// Every service this one waits for, wiring first.
+    pub fn dependencies(&self) -> impl Iterator<Item = &String> {
+        self.uses
+            .iter()
+            .chain(self.after.iter())
+            .chain(self.logs_to.iter())
+    }
+}
+
+/// A data container: created once, never run, holding volumes that
+/// services mount with `volumes_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataContainer {
+    pub name: String,
+    pub host: String,
+    pub paths: Vec<String>,
+}
+
+impl Inventory {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn services_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services.iter().filter(move |s| s.host == host)
+    }
+
+    /// A diagnostic for a key path read earlier (falls back to the file's
+    /// start when the path was never seen, e.g. a default value).
+    pub fn diagnostic(
+        &self,
+        key_path: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let span = self.span(key_path);
+        let mut c = Collector::new(&self.file, &self.source);
+        match hint {
+            Some(h) => c.error_with_hint(span, key_path, message, h),
+            None => c.error(span, key_path, message),
+        }
+        c.items.remove(0)
+    }
+
+    /// Span of a key path, or of its nearest recorded parent.
+    pub fn span(&self, key_path: &str) -> Range<usize> {
+        let mut path = key_path;
+        loop {
+            if let Some(s) = self.spans.get(path) {
+                return s.clone();
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => return 0..0,
+            }
+        }
+    }
+
+    /// Resolve a path written in hosts.toml (`~` and relative to its folder).
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        resolve_path(&self.root, p)
+    }
+}
+
+pub fn resolve_path(root: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = dirs::home_dir() {
+            return home.join(rest);
+        }
+    }
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    }
+}
