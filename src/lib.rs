@@ -4,9 +4,13 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod cli;
 pub mod commands;
 pub mod diagnostics;
 pub mod inventory;
+pub mod load;
+pub mod plan;
+pub mod plan_output;
 pub mod secrets;
 pub mod templates;
 pub mod transport;

@@ -1,0 +1,141 @@
+//! Everything that must be right before any host is touched: the
+//! inventory, its templates and their variables, secrets, identity files.
+//! All problems are collected and reported together.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::diagnostics::{suggest, Diagnostic};
+use crate::inventory::{self, Inventory};
+use crate::secrets::{self, Generate, Secrets};
+use crate::templates::{self, Template};
+
+/// A validated project, ready to plan.
+#[derive(Debug)]
+pub struct Loaded {
+    pub inventory: Inventory,
+    /// Each service's template, by service name.
+    pub templates: BTreeMap<String, Template>,
+    pub vars: BTreeMap<String, BTreeMap<String, minijinja::Value>>,
+    pub secrets: Secrets,
+}
+
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generate) -> Result<Loaded, Vec<Diagnostic>> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key_path: String::new(),
+            message: format!("cannot read: {e}"),
+            hint: None,
+        }]
+    })?;
+    let inv = inventory::parse(path, &source)?;
+    let mut problems = Vec::new();
+
+    let mut loaded_templates = BTreeMap::new();
+    let mut vars = BTreeMap::new();
+    for s in &inv.services {
+        let base = format!("services.{}", s.name);
+        let t = match templates::load(&s.template, &inv.root) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(inv.diagnostic(&format!("{base}.template"), e.to_string(), None));
+                continue;
+            }
+        };
+        match t.vars(&s.vars) {
+            Ok(v) => {
+                vars.insert(s.name.clone(), v);
+            }
+            Err(p) => {
+                let known: Vec<&str> = t.manifest.vars.keys().map(String::as_str).collect();
+                for u in &p.unknown {
+                    let hint = suggest(u, known.iter().copied())
+                        .unwrap_or_else(|| format!("its variables: {}", known.join(", ")));
+                    problems.push(inv.diagnostic(
+                        &format!("{base}.vars.{u}"),
+                        format!("template `{}` has no variable `{u}`", t.name),
+                        Some(hint),
+                    ));
+                }
+                for m in &p.missing {
+                    let doc = &t.manifest.vars[m].doc;
+                    problems.push(inv.diagnostic(
+                        &base,
+                        format!("template `{}` needs variable `{m}`", t.name),
+                        Some(format!("add to [{base}.vars]: {m} = ...{}", if doc.is_empty() { String::new() } else { format!(" ({doc})") })),
+                    ));
+                }
+            }
+        }
+        // A service used from another host is reached on a published port
+        // that maps to the port its template listens on.
+        if let Some(port) = t.manifest.port {
+            let cross_host_users = inv
+                .services
+                .iter()
+                .any(|c| c.host != s.host && (c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name)));
+            if cross_host_users && !s.publish.is_empty() && !s.publish.iter().any(|p| p.container_port == port) {
+                problems.push(inv.diagnostic(
+                    &format!("{base}.publish"),
+                    format!("service `{}` listens on port {port}, which no entry publishes", s.name),
+                    Some(format!("publish = [\"{port}\"] or [\"HOST_PORT:{port}\"]")),
+                ));
+            }
+        }
+        loaded_templates.insert(s.name.clone(), t);
+    }
+
+    // A service that logs to another needs a log collector there.
+    for s in &inv.services {
+        if let (Some(l), Some(t)) = (&s.logs_to, s.logs_to.as_ref().and_then(|l| loaded_templates.get(l))) {
+            if t.manifest.port.is_none() {
+                problems.push(inv.diagnostic(
+                    &format!("services.{}.logs_to", s.name),
+                    format!("service `{l}` has no port to send logs to"),
+                    None,
+                ));
+            }
+        }
+    }
+
+    for h in &inv.hosts {
+        if let Some(id) = &h.identity {
+            let p = inv.resolve_path(&id.to_string_lossy());
+            if let Err(e) = std::fs::File::open(&p) {
+                problems.push(inv.diagnostic(
+                    &format!("hosts.{}.identity", h.name),
+                    format!("cannot read identity file {}: {e}", p.display()),
+                    Some("give a readable private key, or remove `identity` to use ssh-agent".into()),
+                ));
+            }
+        }
+    }
+
+    if let inventory::AppSource::Folder(dir) = &inv.app {
+        let uses_app = loaded_templates.values().any(|t| t.manifest.app);
+        let p = inv.resolve_path(&dir.to_string_lossy());
+        if uses_app && !p.is_dir() {
+            problems.push(inv.diagnostic(
+                "app.source",
+                format!("app source folder {} does not exist", p.display()),
+                Some("point app.source at your Rails app, or at a tarball URL".into()),
+            ));
+        }
+    }
+
+    let secrets = match secrets::resolve(&inv, env, generate) {
+        Ok(s) => Some(s),
+        Err(mut d) => {
+            problems.append(&mut d);
+            None
+        }
+    };
+    if !problems.is_empty() {
+        problems.sort_by_key(|d| (d.line, d.column));
+        return Err(problems);
+    }
+    Ok(Loaded { inventory: inv, templates: loaded_templates, vars, secrets: secrets.unwrap_or_default() })
+}

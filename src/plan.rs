@@ -1,0 +1,575 @@
+//! The plan: for each host, the ordered steps it needs, each with the exact
+//! commands and the condition under which it runs. Pure: no host is asked
+//! anything here; the executor checks conditions against one probe per host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::commands::{self, shell, RunSpec};
+use crate::diagnostics::Diagnostic;
+use crate::inventory::{AppSource, Inventory, Service};
+use crate::load::Loaded;
+use crate::secrets::MASK;
+use crate::templates::{ContextFile, RenderInput, UsedService};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub project: String,
+    pub hosts: Vec<HostPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub address: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Docker,
+    Network,
+    Volume,
+    DataContainer,
+    Firewall,
+    Build,
+    Run,
+    Ready,
+}
+
+/// When the executor runs a step, judged against the host's probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "if", rename_all = "kebab-case")]
+pub enum Condition {
+    DockerNotRunning,
+    NetworkMissing { name: String },
+    VolumeMissing { name: String },
+    ContainerMissing { name: String },
+    FirewallDiffers { marker: String },
+    ImageMissing { tag: String },
+    /// Missing, stopped, or labelled with another spec hash.
+    ContainerOutdated { name: String, spec: String },
+    /// Every run: readiness of a service others wait for.
+    Always,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum Action {
+    /// A shell line; never holds a secret.
+    Run { line: String },
+    /// A shell line reading a script on stdin.
+    Script {
+        line: String,
+        #[serde(skip)]
+        script: &'static str,
+    },
+    /// A tar of `files` streamed into `dir` (replacing it).
+    Upload {
+        dir: String,
+        files: Vec<ContextFile>,
+        /// What a person sees: a summary, or the file with secrets masked.
+        shown: String,
+    },
+    /// Run `line` until it succeeds or `timeout_secs` pass.
+    WaitReady { line: String, timeout_secs: u64 },
+    /// Fetch the app tarball on the host with a curl config file (0600)
+    /// that carries the token, so it is never in argv.
+    Fetch { line: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `host/service/what`, unique in the plan.
+    pub id: String,
+    pub host: String,
+    pub service: Option<String>,
+    pub kind: StepKind,
+    pub summary: String,
+    /// Steps (on any host) that must have succeeded first.
+    pub needs: Vec<String>,
+    pub when: Condition,
+    pub actions: Vec<Action>,
+    /// Built from an upstream registry image: skipped with one message on
+    /// hosts that cannot pull.
+    pub upstream: bool,
+}
+
+pub const READY_TIMEOUT_SECS: u64 = 180;
+
+/// Build the plan. `app_files` is the app source for templates that take it
+/// (read by the caller, so this stays pure).
+pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Diagnostic>> {
+    let inv = &loaded.inventory;
+    let project = inv.project.name.clone();
+    let root = commands::remote_root(&project);
+    let mut problems = Vec::new();
+    let mut hosts = Vec::new();
+    let order = start_order(inv);
+
+    for host in &inv.hosts {
+        let mut steps = Vec::new();
+        let id = |rest: &str| format!("{}/{rest}", host.name);
+        let services: Vec<&Service> = order.iter().filter_map(|n| inv.service(n)).filter(|s| s.host == host.name).collect();
+
+        steps.push(Step {
+            id: id("docker"),
+            host: host.name.clone(),
+            service: None,
+            kind: StepKind::Docker,
+            summary: format!("install and start Docker ({})", docker_source(host)),
+            needs: vec![],
+            when: Condition::DockerNotRunning,
+            actions: vec![Action::Script {
+                line: shell(&commands::install_docker(docker_source(host))),
+                script: commands::install_docker_script(),
+            }],
+            upstream: false,
+        });
+        if services.is_empty() && !inv.data.iter().any(|d| d.host == host.name) {
+            hosts.push(HostPlan { host: host.name.clone(), address: host.address.clone(), steps });
+            continue;
+        }
+        let docker = id("docker");
+        steps.push(Step {
+            id: id("network"),
+            host: host.name.clone(),
+            service: None,
+            kind: StepKind::Network,
+            summary: format!("network {project}"),
+            needs: vec![docker.clone()],
+            when: Condition::NetworkMissing { name: project.clone() },
+            actions: vec![Action::Run { line: shell(&commands::network_create(&project, &project)) }],
+            upstream: false,
+        });
+        let volumes: BTreeSet<&str> = services.iter().flat_map(|s| s.volumes.iter().map(|v| v.volume.as_str())).collect();
+        for v in volumes {
+            steps.push(Step {
+                id: id(&format!("volume/{v}")),
+                host: host.name.clone(),
+                service: None,
+                kind: StepKind::Volume,
+                summary: format!("volume {v}"),
+                needs: vec![docker.clone()],
+                when: Condition::VolumeMissing { name: v.to_string() },
+                actions: vec![Action::Run { line: shell(&commands::volume_create(&project, v)) }],
+                upstream: false,
+            });
+        }
+        for d in inv.data.iter().filter(|d| d.host == host.name) {
+            let name = data_container_name(&project, &d.name);
+            steps.push(Step {
+                id: id(&format!("data/{}", d.name)),
+                host: host.name.clone(),
+                service: None,
+                kind: StepKind::DataContainer,
+                summary: format!("data container {name} ({})", d.paths.join(", ")),
+                needs: vec![docker.clone()],
+                when: Condition::ContainerMissing { name: name.clone() },
+                actions: vec![Action::Run {
+                    line: shell(&commands::data_container_create(&project, &name, DATA_IMAGE, &d.paths)),
+                }],
+                upstream: false,
+            });
+        }
+
+        // Only the hosts that use a published port may reach it.
+        let mut guarded: Vec<(u16, Vec<String>)> = Vec::new();
+        for s in &services {
+            let clients = clients(inv, s);
+            if clients.is_empty() {
+                continue;
+            }
+            for p in &s.publish {
+                guarded.push((p.host_port, clients.clone()));
+            }
+        }
+        if !guarded.is_empty() {
+            let marker = hash_str(&format!("{}{guarded:?}", host.address))[..16].to_string();
+            steps.push(Step {
+                id: id("firewall"),
+                host: host.name.clone(),
+                service: None,
+                kind: StepKind::Firewall,
+                summary: format!(
+                    "firewall: {}",
+                    guarded
+                        .iter()
+                        .map(|(p, c)| format!("port {p} only from {}", c.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                needs: vec![docker.clone()],
+                when: Condition::FirewallDiffers { marker: marker.clone() },
+                actions: vec![Action::Run { line: commands::firewall(&project, &host.address, &guarded, &marker) }],
+                upstream: false,
+            });
+        }
+
+        // Builds first (they need nothing from other hosts), then runs in
+        // dependency order.
+        let mut builds = Vec::new();
+        let mut runs = Vec::new();
+        for s in &services {
+            match service_steps(loaded, s, app_files, &root) {
+                Ok((b, r)) => {
+                    builds.extend(b);
+                    runs.extend(r);
+                }
+                Err(d) => problems.push(d),
+            }
+        }
+        steps.extend(builds);
+        steps.extend(runs);
+        hosts.push(HostPlan { host: host.name.clone(), address: host.address.clone(), steps });
+    }
+    if problems.is_empty() {
+        Ok(Plan { project, hosts })
+    } else {
+        Err(problems)
+    }
+}
+
+/// The image of data containers: it only holds volumes, never runs.
+pub const DATA_IMAGE: &str = "debian:bookworm";
+
+pub fn container_name(project: &str, service: &str) -> String {
+    format!("{project}-{service}")
+}
+
+pub fn data_container_name(project: &str, data: &str) -> String {
+    format!("{project}-data-{data}")
+}
+
+fn docker_source(host: &crate::inventory::Host) -> &'static str {
+    match host.docker {
+        crate::inventory::DockerSource::Distro => "distro",
+        crate::inventory::DockerSource::Upstream => "upstream",
+    }
+}
+
+/// Services in an order where each comes after what it depends on.
+pub fn start_order(inv: &Inventory) -> Vec<String> {
+    let mut done: Vec<String> = Vec::new();
+    let mut pending: Vec<&Service> = inv.services.iter().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        pending.retain(|s| {
+            if s.dependencies().all(|d| done.contains(d)) {
+                done.push(s.name.clone());
+                false
+            } else {
+                true
+            }
+        });
+        if pending.len() == before {
+            // Cycles were rejected by the inventory; keep file order.
+            done.extend(pending.iter().map(|s| s.name.clone()));
+            break;
+        }
+    }
+    done
+}
+
+/// Addresses of the other hosts whose services use `s`.
+pub fn clients(inv: &Inventory, s: &Service) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in &inv.services {
+        let uses = c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name);
+        if uses && c.host != s.host {
+            if let Some(h) = inv.host(&c.host) {
+                if !out.contains(&h.address) {
+                    out.push(h.address.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How `consumer` reaches `provider`: by container name on the same host's
+/// network, by the provider host's address and published port otherwise.
+pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> Option<UsedService> {
+    let inv = &loaded.inventory;
+    let listen = loaded.templates.get(&provider.name).and_then(|t| t.manifest.port);
+    if consumer.host == provider.host {
+        let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
+        Some(UsedService { address: provider.name.clone(), port })
+    } else {
+        let host = inv.host(&provider.host)?;
+        let p = provider
+            .publish
+            .iter()
+            .find(|p| Some(p.container_port) == listen)
+            .or(provider.publish.first())?;
+        Some(UsedService { address: host.address.clone(), port: p.host_port })
+    }
+}
+
+fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: &str) -> Result<(Vec<Step>, Vec<Step>), Diagnostic> {
+    let inv = &loaded.inventory;
+    let project = &inv.project.name;
+    let host = inv.host(&s.host).expect("validated host");
+    let t = &loaded.templates[&s.name];
+    let vars = &loaded.vars[&s.name];
+    let id = |rest: &str| format!("{}/{}/{rest}", s.host, s.name);
+    let upstream = t.manifest.upstream;
+
+    let mut uses = BTreeMap::new();
+    for u in &s.uses {
+        let provider = inv.service(u).expect("validated use");
+        let used = resolve_use(loaded, s, provider).ok_or_else(|| {
+            inv.diagnostic(&format!("services.{}.uses", s.name), format!("cannot tell how to reach `{u}`: its template has no port"), None)
+        })?;
+        uses.insert(u.clone(), used);
+    }
+    let input = RenderInput {
+        service: [("name".to_string(), s.name.clone())].into(),
+        host: [("name".to_string(), host.name.clone()), ("address".to_string(), host.address.clone())].into(),
+        uses: uses.clone(),
+        clients: clients(inv, s),
+    };
+    let mut files = t
+        .render(vars, &input)
+        .map_err(|e| inv.diagnostic(&format!("services.{}.template", s.name), e.to_string(), None))?;
+    let mut fetch = None;
+    if t.manifest.app {
+        match &inv.app {
+            AppSource::Folder(_) => files.extend(app_files.iter().cloned()),
+            AppSource::Tarball { url, token } => {
+                // The content is not known before the host fetches it: the
+                // URL stands for it in the context hash.
+                files.push(ContextFile { path: "app.url".into(), mode: 0o644, data: url.clone().into_bytes() });
+                fetch = Some((url.clone(), token.clone()));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let context_hash = context_hash(&files);
+    let tag = format!("{}:{}", container_name(project, &s.name), &context_hash[..12]);
+    let build_dir = format!("{root}/build/{}", s.name);
+
+    let mut build_actions = vec![Action::Upload {
+        dir: build_dir.clone(),
+        shown: format!("{} files, context sha256 {}", files.len(), &context_hash[..12]),
+        files,
+    }];
+    if let Some((url, token)) = fetch {
+        let mut cfg = format!("url = \"{url}\"\nlocation\nfail\nsilent\nshow-error\noutput = \"{build_dir}/app.tar.gz\"\n");
+        let mut shown = cfg.clone();
+        if let Some(tok) = token {
+            let value = loaded.secrets.get(&tok).unwrap_or_default();
+            cfg.push_str(&format!("user = \"{value}:x-oauth-basic\"\n"));
+            shown.push_str(&format!("user = \"{MASK}:x-oauth-basic\"\n"));
+        }
+        let fetch_dir = format!("{root}/fetch/{}", s.name);
+        build_actions.push(Action::Upload {
+            dir: fetch_dir.clone(),
+            files: vec![ContextFile { path: "curl.cfg".into(), mode: 0o600, data: cfg.into_bytes() }],
+            shown,
+        });
+        let app_dir = format!("{build_dir}/app");
+        build_actions.push(Action::Fetch {
+            line: format!(
+                "curl -K {cfg} && mkdir -p {app} && tar -xzf {tgz} -C {app} --strip-components=1 && rm -f {tgz} {cfg}",
+                cfg = shell(&[format!("{fetch_dir}/curl.cfg")]),
+                app = shell(&[app_dir]),
+                tgz = shell(&[format!("{build_dir}/app.tar.gz")]),
+            ),
+        });
+    }
+    build_actions.push(Action::Run { line: shell(&commands::build(project, &s.name, &tag, &context_hash, &build_dir)) });
+    let build = Step {
+        id: id("build"),
+        host: s.host.clone(),
+        service: Some(s.name.clone()),
+        kind: StepKind::Build,
+        summary: format!("build image {tag}"),
+        needs: vec![format!("{}/network", s.host)],
+        when: Condition::ImageMissing { tag: tag.clone() },
+        actions: build_actions,
+        upstream,
+    };
+
+    // The container's environment: plain values, secrets, and what the
+    // services it uses export (DATABASE_URL, REDIS_URL, ...).
+    let mut env: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (k, v) in &s.env {
+        env.insert(k.clone(), (v.clone(), v.clone()));
+    }
+    for name in &s.secrets {
+        let v = loaded.secrets.get(name).unwrap_or_default().to_string();
+        env.insert(name.clone(), (v, MASK.to_string()));
+    }
+    let masked_secrets = loaded.secrets.masked();
+    for (u, used) in &uses {
+        let pt = &loaded.templates[u];
+        let pvars = &loaded.vars[u];
+        for key in pt.manifest.exports.keys() {
+            if s.env.contains_key(key) {
+                continue; // the user's own value wins
+            }
+            let err = |e: crate::templates::TemplateError| inv.diagnostic(&format!("services.{}.uses", s.name), e.to_string(), None);
+            let real = pt.export(key, pvars, used, loaded.secrets.values()).map_err(err)?;
+            let shown = pt.export(key, pvars, used, &masked_secrets).map_err(err)?;
+            env.insert(key.clone(), (real, shown));
+        }
+    }
+    for (k, (real, _)) in &env {
+        if real.contains('\n') || real.contains('\0') {
+            return Err(inv.diagnostic(
+                &format!("services.{}.env.{k}", s.name),
+                format!("`{k}` holds a newline, which a Docker env file cannot carry"),
+                None,
+            ));
+        }
+    }
+    let env_real: String = env.iter().map(|(k, (v, _))| format!("{k}={v}\n")).collect();
+    let env_shown: String = env.iter().map(|(k, (_, v))| format!("{k}={v}\n")).collect();
+    let env_dir = format!("{root}/env/{}", s.name);
+
+    let fluentd = match &s.logs_to {
+        Some(l) => {
+            let provider = inv.service(l).expect("validated logs_to");
+            let listen = loaded.templates.get(l).and_then(|t| t.manifest.port);
+            // The log driver runs in the host's dockerd, not in a container:
+            // it reaches a same-host Fluentd on a published port via loopback.
+            let p = provider.publish.iter().find(|p| Some(p.container_port) == listen).or(provider.publish.first());
+            match p {
+                Some(p) if provider.host == s.host => Some(format!("127.0.0.1:{}", p.host_port)),
+                Some(p) => inv.host(&provider.host).map(|h| format!("{}:{}", h.address, p.host_port)),
+                None => {
+                    return Err(inv.diagnostic(
+                        &format!("services.{}.logs_to", s.name),
+                        format!("`{l}` must publish its port for Docker's log driver to reach it"),
+                        Some(format!("add publish = [\"{}\"] to [services.{l}]", listen.unwrap_or(24224))),
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    let container = container_name(project, &s.name);
+    let spec = RunSpec {
+        project: project.clone(),
+        service: s.name.clone(),
+        container: container.clone(),
+        image: tag.clone(),
+        network: project.clone(),
+        bind_address: None,
+        publish: s.publish.clone(),
+        volumes: s.volumes.clone(),
+        volumes_from: s.volumes_from.iter().map(|d| data_container_name(project, d)).collect(),
+        env_file: Some(format!("{env_dir}/env")),
+        fluentd,
+    };
+    // The hash covers the run line, the env file (with real values: a new
+    // password must restart the service) and nothing else.
+    let spec_hash = hash_str(&format!("{}\n{}", shell(&commands::run(&spec, "")), env_real))[..16].to_string();
+    let mut needs = vec![id("build")];
+    for d in s.dependencies() {
+        let p = inv.service(d).expect("validated");
+        let ready = format!("{}/{}/ready", p.host, p.name);
+        if loaded.templates[d].manifest.ready.is_empty() {
+            needs.push(format!("{}/{}/run", p.host, p.name));
+        } else {
+            needs.push(ready);
+        }
+    }
+    for v in &s.volumes {
+        needs.push(format!("{}/volume/{}", s.host, v.volume));
+    }
+    for d in &s.volumes_from {
+        needs.push(format!("{}/data/{d}", s.host));
+    }
+    if !clients(inv, s).is_empty() {
+        needs.push(format!("{}/firewall", s.host));
+    }
+    let run = Step {
+        id: id("run"),
+        host: s.host.clone(),
+        service: Some(s.name.clone()),
+        kind: StepKind::Run,
+        summary: format!("run container {container} (spec {spec_hash})"),
+        needs,
+        when: Condition::ContainerOutdated { name: container.clone(), spec: spec_hash.clone() },
+        actions: vec![
+            Action::Upload {
+                dir: env_dir,
+                files: vec![ContextFile { path: "env".into(), mode: 0o600, data: env_real.into_bytes() }],
+                shown: env_shown,
+            },
+            Action::Run { line: format!("{} 2>/dev/null || true", shell(&commands::remove_container(&container))) },
+            Action::Run { line: shell(&commands::run(&spec, &spec_hash)) },
+        ],
+        upstream,
+    };
+    let mut runs = vec![run];
+    let has_users = inv.services.iter().any(|c| c.dependencies().any(|d| d == &s.name));
+    if has_users && !t.manifest.ready.is_empty() {
+        runs.push(Step {
+            id: id("ready"),
+            host: s.host.clone(),
+            service: Some(s.name.clone()),
+            kind: StepKind::Ready,
+            summary: format!("wait until {} is ready", s.name),
+            needs: vec![id("run")],
+            when: Condition::Always,
+            actions: vec![Action::WaitReady {
+                line: shell(&commands::exec_in(&container, &t.manifest.ready)),
+                timeout_secs: READY_TIMEOUT_SECS,
+            }],
+            upstream,
+        });
+    }
+    Ok((vec![build], runs))
+}
+
+pub fn hash_str(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// Hash of a build context: paths, modes and contents, in path order.
+pub fn context_hash(files: &[ContextFile]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.path.as_bytes());
+        h.update([0]);
+        h.update(f.mode.to_be_bytes());
+        h.update((f.data.len() as u64).to_be_bytes());
+        h.update(&f.data);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Read an app folder into context files under `app/`, keeping exec bits.
+/// Logs, temp files and VCS folders are left out.
+pub fn read_app_folder(dir: &Path) -> std::io::Result<Vec<ContextFile>> {
+    use std::os::unix::fs::PermissionsExt;
+    let skip = [".git", "log", "tmp", "node_modules", ".bundle"];
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let p = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                if !(d == dir && skip.contains(&name.as_str())) {
+                    stack.push(p);
+                }
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            out.push(ContextFile { path: format!("app/{rel}"), mode, data: std::fs::read(&p)? });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
