@@ -16,7 +16,11 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "provision", version, about = "Provision the Rails on Docker stack on one or two hosts over SSH")]
+#[command(
+    name = "provision",
+    version,
+    about = "Provision the Rails on Docker stack on one or two hosts over SSH"
+)]
 pub struct Cli {
     /// The inventory: hosts and the services placed on them.
     #[arg(long, default_value = "hosts.toml", global = true)]
@@ -75,7 +79,9 @@ pub fn run() -> i32 {
             if let Err(code) = build_plan(&loaded) {
                 return code;
             }
-            eprintln!("provision: running on hosts is not available in this build yet; use --dry-run");
+            eprintln!(
+                "provision: running on hosts is not available in this build yet; use --dry-run"
+            );
             EXIT_FAILED
         }
     }
@@ -88,7 +94,11 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     };
     match build_plan(&loaded) {
         Ok(plan) => {
-            let out = if json { plan_output::json(&plan) } else { plan_output::text(&plan) };
+            let out = if json {
+                plan_output::json(&plan)
+            } else {
+                plan_output::text(&plan)
+            };
             // Belt and braces: nothing printed may hold a secret value.
             print!("{}", loaded.secrets.mask(&out));
             if json {
@@ -126,6 +136,9 @@ pub fn bad_input(diags: &[Diagnostic]) -> i32 {
         eprintln!("error: {d}");
     }
     let n = diags.len();
-    eprintln!("provision: {n} error{} in the input; nothing was run on any host", if n == 1 { "" } else { "s" });
+    eprintln!(
+        "provision: {n} error{} in the input; nothing was run on any host",
+        if n == 1 { "" } else { "s" }
+    );
     EXIT_BAD_INPUT
 }

@@ -20,7 +20,11 @@ pub struct Loaded {
     pub secrets: Secrets,
 }
 
-pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generate) -> Result<Loaded, Vec<Diagnostic>> {
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    generate: Generate,
+) -> Result<Loaded, Vec<Diagnostic>> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic {
             file: path.to_path_buf(),
@@ -65,7 +69,14 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generat
                     problems.push(inv.diagnostic(
                         &base,
                         format!("template `{}` needs variable `{m}`", t.name),
-                        Some(format!("add to [{base}.vars]: {m} = ...{}", if doc.is_empty() { String::new() } else { format!(" ({doc})") })),
+                        Some(format!(
+                            "add to [{base}.vars]: {m} = ...{}",
+                            if doc.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({doc})")
+                            }
+                        )),
                     ));
                 }
             }
@@ -73,14 +84,20 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generat
         // A service used from another host is reached on a published port
         // that maps to the port its template listens on.
         if let Some(port) = t.manifest.port {
-            let cross_host_users = inv
-                .services
-                .iter()
-                .any(|c| c.host != s.host && (c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name)));
-            if cross_host_users && !s.publish.is_empty() && !s.publish.iter().any(|p| p.container_port == port) {
+            let cross_host_users = inv.services.iter().any(|c| {
+                c.host != s.host
+                    && (c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name))
+            });
+            if cross_host_users
+                && !s.publish.is_empty()
+                && !s.publish.iter().any(|p| p.container_port == port)
+            {
                 problems.push(inv.diagnostic(
                     &format!("{base}.publish"),
-                    format!("service `{}` listens on port {port}, which no entry publishes", s.name),
+                    format!(
+                        "service `{}` listens on port {port}, which no entry publishes",
+                        s.name
+                    ),
                     Some(format!("publish = [\"{port}\"] or [\"HOST_PORT:{port}\"]")),
                 ));
             }
@@ -90,7 +107,10 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generat
 
     // A service that logs to another needs a log collector there.
     for s in &inv.services {
-        if let (Some(l), Some(t)) = (&s.logs_to, s.logs_to.as_ref().and_then(|l| loaded_templates.get(l))) {
+        if let (Some(l), Some(t)) = (
+            &s.logs_to,
+            s.logs_to.as_ref().and_then(|l| loaded_templates.get(l)),
+        ) {
             if t.manifest.port.is_none() {
                 problems.push(inv.diagnostic(
                     &format!("services.{}.logs_to", s.name),
@@ -108,7 +128,9 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generat
                 problems.push(inv.diagnostic(
                     &format!("hosts.{}.identity", h.name),
                     format!("cannot read identity file {}: {e}", p.display()),
-                    Some("give a readable private key, or remove `identity` to use ssh-agent".into()),
+                    Some(
+                        "give a readable private key, or remove `identity` to use ssh-agent".into(),
+                    ),
                 ));
             }
         }
@@ -137,5 +159,10 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, generate: Generat
         problems.sort_by_key(|d| (d.line, d.column));
         return Err(problems);
     }
-    Ok(Loaded { inventory: inv, templates: loaded_templates, vars, secrets: secrets.unwrap_or_default() })
+    Ok(Loaded {
+        inventory: inv,
+        templates: loaded_templates,
+        vars,
+        secrets: secrets.unwrap_or_default(),
+    })
 }

@@ -46,13 +46,26 @@ pub enum StepKind {
 #[serde(tag = "if", rename_all = "kebab-case")]
 pub enum Condition {
     DockerNotRunning,
-    NetworkMissing { name: String },
-    VolumeMissing { name: String },
-    ContainerMissing { name: String },
-    FirewallDiffers { marker: String },
-    ImageMissing { tag: String },
+    NetworkMissing {
+        name: String,
+    },
+    VolumeMissing {
+        name: String,
+    },
+    ContainerMissing {
+        name: String,
+    },
+    FirewallDiffers {
+        marker: String,
+    },
+    ImageMissing {
+        tag: String,
+    },
     /// Missing, stopped, or labelled with another spec hash.
-    ContainerOutdated { name: String, spec: String },
+    ContainerOutdated {
+        name: String,
+        spec: String,
+    },
     /// Every run: readiness of a service others wait for.
     Always,
 }
@@ -114,7 +127,11 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
     for host in &inv.hosts {
         let mut steps = Vec::new();
         let id = |rest: &str| format!("{}/{rest}", host.name);
-        let services: Vec<&Service> = order.iter().filter_map(|n| inv.service(n)).filter(|s| s.host == host.name).collect();
+        let services: Vec<&Service> = order
+            .iter()
+            .filter_map(|n| inv.service(n))
+            .filter(|s| s.host == host.name)
+            .collect();
 
         steps.push(Step {
             id: id("docker"),
@@ -131,7 +148,11 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             upstream: false,
         });
         if services.is_empty() && !inv.data.iter().any(|d| d.host == host.name) {
-            hosts.push(HostPlan { host: host.name.clone(), address: host.address.clone(), steps });
+            hosts.push(HostPlan {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                steps,
+            });
             continue;
         }
         let docker = id("docker");
@@ -142,11 +163,18 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             kind: StepKind::Network,
             summary: format!("network {project}"),
             needs: vec![docker.clone()],
-            when: Condition::NetworkMissing { name: project.clone() },
-            actions: vec![Action::Run { line: shell(&commands::network_create(&project, &project)) }],
+            when: Condition::NetworkMissing {
+                name: project.clone(),
+            },
+            actions: vec![Action::Run {
+                line: shell(&commands::network_create(&project, &project)),
+            }],
             upstream: false,
         });
-        let volumes: BTreeSet<&str> = services.iter().flat_map(|s| s.volumes.iter().map(|v| v.volume.as_str())).collect();
+        let volumes: BTreeSet<&str> = services
+            .iter()
+            .flat_map(|s| s.volumes.iter().map(|v| v.volume.as_str()))
+            .collect();
         for v in volumes {
             steps.push(Step {
                 id: id(&format!("volume/{v}")),
@@ -155,8 +183,12 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 kind: StepKind::Volume,
                 summary: format!("volume {v}"),
                 needs: vec![docker.clone()],
-                when: Condition::VolumeMissing { name: v.to_string() },
-                actions: vec![Action::Run { line: shell(&commands::volume_create(&project, v)) }],
+                when: Condition::VolumeMissing {
+                    name: v.to_string(),
+                },
+                actions: vec![Action::Run {
+                    line: shell(&commands::volume_create(&project, v)),
+                }],
                 upstream: false,
             });
         }
@@ -171,7 +203,9 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 needs: vec![docker.clone()],
                 when: Condition::ContainerMissing { name: name.clone() },
                 actions: vec![Action::Run {
-                    line: shell(&commands::data_container_create(&project, &name, DATA_IMAGE, &d.paths)),
+                    line: shell(&commands::data_container_create(
+                        &project, &name, DATA_IMAGE, &d.paths,
+                    )),
                 }],
                 upstream: false,
             });
@@ -204,8 +238,12 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                         .join("; ")
                 ),
                 needs: vec![docker.clone()],
-                when: Condition::FirewallDiffers { marker: marker.clone() },
-                actions: vec![Action::Run { line: commands::firewall(&project, &host.address, &guarded, &marker) }],
+                when: Condition::FirewallDiffers {
+                    marker: marker.clone(),
+                },
+                actions: vec![Action::Run {
+                    line: commands::firewall(&project, &host.address, &guarded, &marker),
+                }],
                 upstream: false,
             });
         }
@@ -225,7 +263,11 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
         }
         steps.extend(builds);
         steps.extend(runs);
-        hosts.push(HostPlan { host: host.name.clone(), address: host.address.clone(), steps });
+        hosts.push(HostPlan {
+            host: host.name.clone(),
+            address: host.address.clone(),
+            steps,
+        });
     }
     if problems.is_empty() {
         Ok(Plan { project, hosts })
@@ -295,10 +337,13 @@ pub fn clients(inv: &Inventory, s: &Service) -> Vec<String> {
 /// network, by the provider host's address and published port otherwise.
 pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> Option<UsedService> {
     let inv = &loaded.inventory;
-    let listen = loaded.templates.get(&provider.name).and_then(|t| t.manifest.port);
+    let listen = loaded
+        .templates
+        .get(&provider.name)
+        .and_then(|t| t.manifest.port);
     if consumer.host == provider.host {
         let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
-        Some(UsedService { address: provider.name.clone(), port })
+        Some(UsedService::new(provider.name.clone(), port))
     } else {
         let host = inv.host(&provider.host)?;
         let p = provider
@@ -306,11 +351,16 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
             .iter()
             .find(|p| Some(p.container_port) == listen)
             .or(provider.publish.first())?;
-        Some(UsedService { address: host.address.clone(), port: p.host_port })
+        Some(UsedService::new(host.address.clone(), p.host_port))
     }
 }
 
-fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: &str) -> Result<(Vec<Step>, Vec<Step>), Diagnostic> {
+fn service_steps(
+    loaded: &Loaded,
+    s: &Service,
+    app_files: &[ContextFile],
+    root: &str,
+) -> Result<(Vec<Step>, Vec<Step>), Diagnostic> {
     let inv = &loaded.inventory;
     let project = &inv.project.name;
     let host = inv.host(&s.host).expect("validated host");
@@ -323,19 +373,31 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
     for u in &s.uses {
         let provider = inv.service(u).expect("validated use");
         let used = resolve_use(loaded, s, provider).ok_or_else(|| {
-            inv.diagnostic(&format!("services.{}.uses", s.name), format!("cannot tell how to reach `{u}`: its template has no port"), None)
+            inv.diagnostic(
+                &format!("services.{}.uses", s.name),
+                format!("cannot tell how to reach `{u}`: its template has no port"),
+                None,
+            )
         })?;
         uses.insert(u.clone(), used);
     }
     let input = RenderInput {
         service: [("name".to_string(), s.name.clone())].into(),
-        host: [("name".to_string(), host.name.clone()), ("address".to_string(), host.address.clone())].into(),
+        host: [
+            ("name".to_string(), host.name.clone()),
+            ("address".to_string(), host.address.clone()),
+        ]
+        .into(),
         uses: uses.clone(),
         clients: clients(inv, s),
     };
-    let mut files = t
-        .render(vars, &input)
-        .map_err(|e| inv.diagnostic(&format!("services.{}.template", s.name), e.to_string(), None))?;
+    let mut files = t.render(vars, &input).map_err(|e| {
+        inv.diagnostic(
+            &format!("services.{}.template", s.name),
+            e.to_string(),
+            None,
+        )
+    })?;
     let mut fetch = None;
     if t.manifest.app {
         match &inv.app {
@@ -343,19 +405,31 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
             AppSource::Tarball { url, token } => {
                 // The content is not known before the host fetches it: the
                 // URL stands for it in the context hash.
-                files.push(ContextFile { path: "app.url".into(), mode: 0o644, data: url.clone().into_bytes() });
+                files.push(ContextFile {
+                    path: "app.url".into(),
+                    mode: 0o644,
+                    data: url.clone().into_bytes(),
+                });
                 fetch = Some((url.clone(), token.clone()));
             }
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let context_hash = context_hash(&files);
-    let tag = format!("{}:{}", container_name(project, &s.name), &context_hash[..12]);
+    let tag = format!(
+        "{}:{}",
+        container_name(project, &s.name),
+        &context_hash[..12]
+    );
     let build_dir = format!("{root}/build/{}", s.name);
 
     let mut build_actions = vec![Action::Upload {
         dir: build_dir.clone(),
-        shown: format!("{} files, context sha256 {}", files.len(), &context_hash[..12]),
+        shown: format!(
+            "{} files, context sha256 {}",
+            files.len(),
+            &context_hash[..12]
+        ),
         files,
     }];
     if let Some((url, token)) = fetch {
@@ -369,7 +443,11 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
         let fetch_dir = format!("{root}/fetch/{}", s.name);
         build_actions.push(Action::Upload {
             dir: fetch_dir.clone(),
-            files: vec![ContextFile { path: "curl.cfg".into(), mode: 0o600, data: cfg.into_bytes() }],
+            files: vec![ContextFile {
+                path: "curl.cfg".into(),
+                mode: 0o600,
+                data: cfg.into_bytes(),
+            }],
             shown,
         });
         let app_dir = format!("{build_dir}/app");
@@ -382,7 +460,15 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
             ),
         });
     }
-    build_actions.push(Action::Run { line: shell(&commands::build(project, &s.name, &tag, &context_hash, &build_dir)) });
+    build_actions.push(Action::Run {
+        line: shell(&commands::build(
+            project,
+            &s.name,
+            &tag,
+            &context_hash,
+            &build_dir,
+        )),
+    });
     let build = Step {
         id: id("build"),
         host: s.host.clone(),
@@ -413,9 +499,15 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
             if s.env.contains_key(key) {
                 continue; // the user's own value wins
             }
-            let err = |e: crate::templates::TemplateError| inv.diagnostic(&format!("services.{}.uses", s.name), e.to_string(), None);
-            let real = pt.export(key, pvars, used, loaded.secrets.values()).map_err(err)?;
-            let shown = pt.export(key, pvars, used, &masked_secrets).map_err(err)?;
+            let err = |e: crate::templates::TemplateError| {
+                inv.diagnostic(&format!("services.{}.uses", s.name), e.to_string(), None)
+            };
+            let real = pt
+                .export(key, pvars, used, loaded.secrets.values())
+                .map_err(err)?;
+            let shown = crate::secrets::unmask_token(
+                &pt.export(key, pvars, used, &masked_secrets).map_err(err)?,
+            );
             env.insert(key.clone(), (real, shown));
         }
     }
@@ -438,15 +530,24 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
             let listen = loaded.templates.get(l).and_then(|t| t.manifest.port);
             // The log driver runs in the host's dockerd, not in a container:
             // it reaches a same-host Fluentd on a published port via loopback.
-            let p = provider.publish.iter().find(|p| Some(p.container_port) == listen).or(provider.publish.first());
+            let p = provider
+                .publish
+                .iter()
+                .find(|p| Some(p.container_port) == listen)
+                .or(provider.publish.first());
             match p {
                 Some(p) if provider.host == s.host => Some(format!("127.0.0.1:{}", p.host_port)),
-                Some(p) => inv.host(&provider.host).map(|h| format!("{}:{}", h.address, p.host_port)),
+                Some(p) => inv
+                    .host(&provider.host)
+                    .map(|h| format!("{}:{}", h.address, p.host_port)),
                 None => {
                     return Err(inv.diagnostic(
                         &format!("services.{}.logs_to", s.name),
                         format!("`{l}` must publish its port for Docker's log driver to reach it"),
-                        Some(format!("add publish = [\"{}\"] to [services.{l}]", listen.unwrap_or(24224))),
+                        Some(format!(
+                            "add publish = [\"{}\"] to [services.{l}]",
+                            listen.unwrap_or(24224)
+                        )),
                     ))
                 }
             }
@@ -463,13 +564,22 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
         bind_address: None,
         publish: s.publish.clone(),
         volumes: s.volumes.clone(),
-        volumes_from: s.volumes_from.iter().map(|d| data_container_name(project, d)).collect(),
+        volumes_from: s
+            .volumes_from
+            .iter()
+            .map(|d| data_container_name(project, d))
+            .collect(),
         env_file: Some(format!("{env_dir}/env")),
         fluentd,
     };
     // The hash covers the run line, the env file (with real values: a new
     // password must restart the service) and nothing else.
-    let spec_hash = hash_str(&format!("{}\n{}", shell(&commands::run(&spec, "")), env_real))[..16].to_string();
+    let spec_hash = hash_str(&format!(
+        "{}\n{}",
+        shell(&commands::run(&spec, "")),
+        env_real
+    ))[..16]
+        .to_string();
     let mut needs = vec![id("build")];
     for d in s.dependencies() {
         let p = inv.service(d).expect("validated");
@@ -496,20 +606,37 @@ fn service_steps(loaded: &Loaded, s: &Service, app_files: &[ContextFile], root: 
         kind: StepKind::Run,
         summary: format!("run container {container} (spec {spec_hash})"),
         needs,
-        when: Condition::ContainerOutdated { name: container.clone(), spec: spec_hash.clone() },
+        when: Condition::ContainerOutdated {
+            name: container.clone(),
+            spec: spec_hash.clone(),
+        },
         actions: vec![
             Action::Upload {
                 dir: env_dir,
-                files: vec![ContextFile { path: "env".into(), mode: 0o600, data: env_real.into_bytes() }],
+                files: vec![ContextFile {
+                    path: "env".into(),
+                    mode: 0o600,
+                    data: env_real.into_bytes(),
+                }],
                 shown: env_shown,
             },
-            Action::Run { line: format!("{} 2>/dev/null || true", shell(&commands::remove_container(&container))) },
-            Action::Run { line: shell(&commands::run(&spec, &spec_hash)) },
+            Action::Run {
+                line: format!(
+                    "{} 2>/dev/null || true",
+                    shell(&commands::remove_container(&container))
+                ),
+            },
+            Action::Run {
+                line: shell(&commands::run(&spec, &spec_hash)),
+            },
         ],
         upstream,
     };
     let mut runs = vec![run];
-    let has_users = inv.services.iter().any(|c| c.dependencies().any(|d| d == &s.name));
+    let has_users = inv
+        .services
+        .iter()
+        .any(|c| c.dependencies().any(|d| d == &s.name));
     if has_users && !t.manifest.ready.is_empty() {
         runs.push(Step {
             id: id("ready"),
@@ -565,9 +692,21 @@ pub fn read_app_folder(dir: &Path) -> std::io::Result<Vec<ContextFile>> {
                 }
                 continue;
             }
-            let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().replace('\\', "/");
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-            out.push(ContextFile { path: format!("app/{rel}"), mode, data: std::fs::read(&p)? });
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            out.push(ContextFile {
+                path: format!("app/{rel}"),
+                mode,
+                data: std::fs::read(&p)?,
+            });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));

@@ -9,16 +9,42 @@ use crate::plan::{Action, Condition, Plan};
 pub fn text(plan: &Plan) -> String {
     let mut out = String::new();
     let steps: usize = plan.hosts.iter().map(|h| h.steps.len()).sum();
-    let _ = writeln!(out, "Plan for project `{}`: {} hosts, {steps} steps", plan.project, plan.hosts.len());
-    let _ = writeln!(out, "Each step runs only when its condition holds on the host (checked in one probe per host).");
+    let _ = writeln!(
+        out,
+        "Plan for project `{}`: {} hosts, {steps} steps",
+        plan.project,
+        plan.hosts.len()
+    );
+    let _ = writeln!(
+        out,
+        "Each step runs only when its condition holds on the host (checked in one probe per host)."
+    );
     for h in &plan.hosts {
         let _ = writeln!(out, "\nhost {} ({})", h.host, h.address);
         for (i, s) in h.steps.iter().enumerate() {
-            let _ = writeln!(out, "  {:>2}. {}{}", i + 1, s.summary, if s.upstream { "  [upstream image]" } else { "" });
+            let _ = writeln!(
+                out,
+                "  {:>2}. {}{}",
+                i + 1,
+                s.summary,
+                if s.upstream { "  [upstream image]" } else { "" }
+            );
             let _ = writeln!(out, "      when: {}", condition(&s.when));
-            let foreign: Vec<&String> = s.needs.iter().filter(|n| !n.starts_with(&format!("{}/", h.host))).collect();
+            let foreign: Vec<&String> = s
+                .needs
+                .iter()
+                .filter(|n| !n.starts_with(&format!("{}/", h.host)))
+                .collect();
             if !foreign.is_empty() {
-                let _ = writeln!(out, "      after: {}", foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+                let _ = writeln!(
+                    out,
+                    "      after: {}",
+                    foreign
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             for a in &s.actions {
                 match a {
@@ -30,7 +56,8 @@ pub fn text(plan: &Plan) -> String {
                     }
                     Action::Upload { dir, files, shown } => {
                         if files.len() == 1 && files[0].mode == 0o600 {
-                            let _ = writeln!(out, "      upload {dir}/{} (mode 0600):", files[0].path);
+                            let _ =
+                                writeln!(out, "      upload {dir}/{} (mode 0600):", files[0].path);
                             for l in shown.lines() {
                                 let _ = writeln!(out, "        {l}");
                             }
@@ -39,7 +66,10 @@ pub fn text(plan: &Plan) -> String {
                         }
                     }
                     Action::WaitReady { line, timeout_secs } => {
-                        let _ = writeln!(out, "      poll until it succeeds (deadline {timeout_secs} s): $ {line}");
+                        let _ = writeln!(
+                            out,
+                            "      poll until it succeeds (deadline {timeout_secs} s): $ {line}"
+                        );
                     }
                 }
             }
@@ -54,8 +84,12 @@ fn condition(c: &Condition) -> String {
         Condition::NetworkMissing { name } => format!("network {name} is missing"),
         Condition::VolumeMissing { name } => format!("volume {name} is missing"),
         Condition::ContainerMissing { name } => format!("container {name} is missing"),
-        Condition::FirewallDiffers { marker } => format!("the firewall rules are not version {marker}"),
-        Condition::ImageMissing { tag } => format!("image {tag} is missing (its tag is the context hash)"),
+        Condition::FirewallDiffers { marker } => {
+            format!("the firewall rules are not version {marker}")
+        }
+        Condition::ImageMissing { tag } => {
+            format!("image {tag} is missing (its tag is the context hash)")
+        }
         Condition::ContainerOutdated { name, spec } => {
             format!("container {name} is missing, stopped, or not spec {spec}")
         }

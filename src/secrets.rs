@@ -13,6 +13,11 @@ use crate::diagnostics::Diagnostic;
 use crate::inventory::{AppSource, Inventory};
 
 pub const MASK: &str = "***";
+pub const MASK_TOKEN: &str = "PROVISIONxSECRETxMASK";
+
+pub fn unmask_token(text: &str) -> String {
+    text.replace(MASK_TOKEN, MASK)
+}
 
 #[derive(Clone, Default)]
 pub struct Secrets {
@@ -48,7 +53,7 @@ impl Secrets {
     pub fn masked(&self) -> BTreeMap<String, String> {
         self.values
             .keys()
-            .map(|k| (k.clone(), MASK.to_string()))
+            .map(|k| (k.clone(), MASK_TOKEN.to_string()))
             .collect()
     }
 

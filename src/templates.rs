@@ -246,6 +246,23 @@ pub struct UsedService {
     /// Container name on the same host, the host's address otherwise.
     pub address: String,
     pub port: u16,
+    /// `address` as it goes in a URL: IPv6 addresses in brackets.
+    pub url_host: String,
+}
+
+impl UsedService {
+    pub fn new(address: String, port: u16) -> Self {
+        let url_host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.clone()
+        };
+        UsedService {
+            address,
+            port,
+            url_host,
+        }
+    }
 }
 
 /// Everything a template may refer to, besides its own vars.
@@ -327,6 +344,7 @@ impl Template {
         let mut ctx: BTreeMap<String, Value> = vars.clone();
         ctx.insert("address".into(), Value::from(used.address.clone()));
         ctx.insert("port".into(), Value::from(used.port));
+        ctx.insert("url_host".into(), Value::from(used.url_host.clone()));
         ctx.insert("secret".into(), Value::from_serialize(secrets));
         let text = &self.manifest.exports[key];
         environment()
@@ -364,6 +382,8 @@ pub struct VarProblems {
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Configs and Dockerfiles, not HTML: never escape.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
     env
 }

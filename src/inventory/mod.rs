@@ -183,12 +183,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Every service this one waits for, wiring first.
+    /// Every service this one waits for, wiring first. Not `logs_to`: the
+    /// log driver is asynchronous, so a missing Fluentd never blocks a start.
     pub fn dependencies(&self) -> impl Iterator<Item = &String> {
-        self.uses
-            .iter()
-            .chain(self.after.iter())
-            .chain(self.logs_to.iter())
+        self.uses.iter().chain(self.after.iter())
     }
 }
 

@@ -1,0 +1,233 @@
+//! The plan as a user sees it: `provision --dry-run` and `--json` on the
+//! shipped hosts.toml, bad input rejected with exit code 2 before any
+//! connection, and secrets that never show.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+const PG_PASSWORD: &str = "Sup3r-Secret-PG-Value";
+const SECRET_KEY_BASE: &str = "kb-0123456789-secret-key-base";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A project folder holding `hosts_toml` and a link to the example app, so
+/// no state of the developer's own checkout (.provision/) leaks in.
+fn project(hosts_toml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hosts.toml"), hosts_toml).unwrap();
+    std::os::unix::fs::symlink(repo().join("examples"), dir.path().join("examples")).unwrap();
+    dir
+}
+
+fn provision(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env("PG_PASSWORD", PG_PASSWORD)
+        .env("SECRET_KEY_BASE", SECRET_KEY_BASE)
+        .output()
+        .unwrap()
+}
+
+fn shipped() -> String {
+    std::fs::read_to_string(repo().join("hosts.toml")).unwrap()
+}
+
+#[test]
+fn dry_run_of_the_shipped_playground_covers_both_hosts() {
+    let dir = project(&shipped());
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("host web (192.168.33.10)"), "{text}");
+    assert!(text.contains("host db (192.168.33.11)"), "{text}");
+    for service in [
+        "redis",
+        "fluentd",
+        "elasticsearch",
+        "kibana",
+        "postgis",
+        "rails",
+        "nginx",
+    ] {
+        assert!(
+            text.contains(&format!("$ docker build --tag playground-{service}:")),
+            "no docker build for {service}"
+        );
+    }
+    // Rails reaches PostGIS on the other host, by its address and published port.
+    assert!(
+        text.contains("DATABASE_URL=postgres://app:***@192.168.33.11:5432/app"),
+        "{text}"
+    );
+    assert!(text.contains("REDIS_URL=redis://redis:6379/0"), "{text}");
+    assert!(text.contains("PG_PASSWORD=***"), "{text}");
+    assert!(!text.contains(PG_PASSWORD) && !text.contains(SECRET_KEY_BASE));
+    // PostGIS is ready before Rails starts.
+    assert!(text.contains("after: db/postgis/ready"), "{text}");
+    // The dry run created nothing: no secrets file.
+    assert!(!dir.path().join(".provision").exists());
+}
+
+#[test]
+fn plan_of_the_shipped_playground_is_stable() {
+    let dir = project(&shipped());
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(
+        "plan_shipped_playground",
+        String::from_utf8(out.stdout).unwrap()
+    );
+}
+
+#[test]
+fn json_plan_has_the_same_steps_and_no_secret() {
+    let dir = project(&shipped());
+    let out = provision(
+        dir.path(),
+        &["--hosts", "hosts.toml", "--dry-run", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(PG_PASSWORD) && !text.contains(SECRET_KEY_BASE));
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hosts = plan["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    let ids: Vec<&str> = hosts
+        .iter()
+        .flat_map(|h| h["steps"].as_array().unwrap())
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"db/postgis/ready") && ids.contains(&"web/rails/run"),
+        "{ids:?}"
+    );
+    let rails_run = hosts[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "web/rails/run")
+        .unwrap();
+    assert!(rails_run["needs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "db/postgis/ready"));
+}
+
+#[test]
+fn bad_input_exits_2_with_location_and_opens_no_connection() {
+    // A host that would accept an SSH connection, if one were ever tried.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let toml = format!(
+        "[hosts.web]\naddress = \"127.0.0.1\"\nport = {port}\n\n[services.redis]\nhost = \"web\"\nprot = 1\n"
+    );
+    let dir = project(&toml);
+    for args in [
+        vec!["--hosts", "hosts.toml"],
+        vec!["--hosts", "hosts.toml", "--dry-run"],
+    ] {
+        let out = provision(dir.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("hosts.toml:7:1: services.redis.prot: unknown key `prot`"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was run on any host"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert!(
+        listener.accept().is_err(),
+        "provision connected to a host despite bad input"
+    );
+}
+
+#[test]
+fn a_missing_secret_is_an_error_naming_where_it_is_needed() {
+    let toml = shipped().replace("[secrets.PG_PASSWORD]\ngenerate = true\n", "");
+    let dir = project(&toml);
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--hosts", "hosts.toml", "--dry-run"])
+        .env_remove("PG_PASSWORD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("services.postgis.secrets[0]: secret `PG_PASSWORD` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_and_missing_template_variables_are_errors() {
+    let toml = shipped().replace(
+        "[services.nginx]\nhost = \"web\"\ntemplate = \"nginx\"\n",
+        "[services.nginx]\nhost = \"web\"\ntemplate = \"nginx\"\nvars = { server_nme = \"x\" }\n",
+    );
+    let dir = project(&toml);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "services.nginx.vars.server_nme: template `nginx` has no variable `server_nme`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `server_name`?"), "{err}");
+
+    // A user's own template that needs a variable nobody gives.
+    let dir = project(&shipped().replace(
+        "[services.redis]\nhost = \"web\"\ntemplate = \"redis\"\n",
+        "[services.redis]\nhost = \"web\"\ntemplate = \"./mine\"\n",
+    ));
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    std::fs::write(
+        dir.path().join("mine/template.toml"),
+        "port = 6379\n[vars.flavour]\ndoc = \"which\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("mine/Dockerfile"), "FROM {{ flavour }}\n").unwrap();
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("template `./mine` needs variable `flavour`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_template_using_an_undefined_variable_names_it() {
+    let dir = project(&shipped().replace(
+        "[services.redis]\nhost = \"web\"\ntemplate = \"redis\"\n",
+        "[services.redis]\nhost = \"web\"\ntemplate = \"./mine\"\nbase = \"redis\"\n",
+    ));
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    std::fs::write(
+        dir.path().join("mine/redis.conf"),
+        "port 6379\nmaxmemory {{ max_memory }}\n",
+    )
+    .unwrap();
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("file redis.conf line 2: undefined variable `max_memory`"),
+        "{err}"
+    );
+}
