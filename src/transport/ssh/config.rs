@@ -1,0 +1,164 @@
+//! `~/.ssh/config` support.
+//!
+//! Honoured for the Host blocks whose patterns match the target's address
+//! (first value wins, as in OpenSSH): `HostName`, `User`, `Port`,
+//! `IdentityFile` (all listed files are tried, `~` expanded) and `ProxyJump`
+//! (`[user@]host[:port]`, comma lists hop by hop, `none`).
+//!
+//! Precedence: explicit target values beat the file. A target's `user` of
+//! `""` and `port` of `0` mean "from the file, else the current user / 22";
+//! `identity: None` means "the file's IdentityFile, else the agent and the
+//! default keys".
+//!
+//! Not supported (silently ignored): `Match` blocks, `Include`, `%` tokens,
+//! `ProxyCommand`, `HostKeyAlias`, `CertificateFile`, `IdentitiesOnly`,
+//! `StrictHostKeyChecking`/`UserKnownHostsFile` (the target's
+//! `host_key_policy` and `known_hosts` decide), algorithm lists.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use ssh2_config::{ParseRule, SshConfig};
+
+/// The address, user, port and keys to use once the config is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identities: Vec<PathBuf>,
+    /// Remaining hops, outermost first (`ProxyJump a,b` -> `["a", "b"]`).
+    pub jumps: Vec<String>,
+}
+
+/// Applies `config_file` (if it exists) to the explicit values.
+pub(crate) fn resolve(
+    config_file: &Path,
+    address: &str,
+    port: u16,
+    user: &str,
+    identity: Option<&Path>,
+) -> Result<Resolved, String> {
+    let config = match std::fs::File::open(config_file) {
+        Ok(f) => Some(
+            SshConfig::default()
+                .parse(
+                    &mut BufReader::new(f),
+                    ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+                )
+                .map_err(|e| format!("{}: {e}", config_file.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let mut r = Resolved {
+        address: address.to_string(),
+        port,
+        user: user.to_string(),
+        identities: identity.map(|p| vec![p.to_path_buf()]).unwrap_or_default(),
+        jumps: Vec::new(),
+    };
+    if let Some(config) = config {
+        let params = config.query(address);
+        if let Some(h) = params.host_name {
+            r.address = h;
+        }
+        if r.port == 0 {
+            r.port = params.port.unwrap_or(0);
+        }
+        if r.user.is_empty() {
+            r.user = params.user.unwrap_or_default();
+        }
+        if r.identities.is_empty() {
+            r.identities = params.identity_file.unwrap_or_default();
+        }
+        let jump = config.intersecting_hosts(address).find_map(|h| {
+            h.params
+                .unsupported_fields
+                .iter()
+                .chain(h.params.ignored_fields.iter())
+                .find(|(k, _)| k.eq_ignore_ascii_case("proxyjump"))
+                .map(|(_, v)| v.join(","))
+        });
+        if let Some(j) = jump {
+            if !j.eq_ignore_ascii_case("none") {
+                r.jumps = j
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            }
+        }
+    }
+    if r.port == 0 {
+        r.port = 22;
+    }
+    if r.user.is_empty() {
+        r.user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    }
+    Ok(r)
+}
+
+/// Splits a ProxyJump hop `[user@]host[:port]` (or `[v6]:port`).
+pub(crate) fn parse_hop(hop: &str) -> (String, String, u16) {
+    let (user, rest) = match hop.rsplit_once('@') {
+        Some((u, r)) => (u.to_string(), r),
+        None => (String::new(), hop),
+    };
+    if let Some(v6) = rest.strip_prefix('[') {
+        if let Some((h, p)) = v6.split_once("]:") {
+            return (user, h.to_string(), p.parse().unwrap_or(0));
+        }
+        return (user, v6.trim_end_matches(']').to_string(), 0);
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (user, h.to_string(), p.parse().unwrap_or(0)),
+        _ => (user, rest.to_string(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_values_apply_and_explicit_ones_win() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host web\n  HostName 10.1.2.3\n  User deploy\n  Port 2200\n  IdentityFile /k/id\n  ProxyJump bastion,me@gw:2022\n  ForwardAgent yes\n\nHost *\n  User nobody\n",
+        )
+        .unwrap();
+        let r = resolve(&cfg, "web", 0, "", None).unwrap();
+        assert_eq!(r.address, "10.1.2.3");
+        assert_eq!(r.port, 2200);
+        assert_eq!(r.user, "deploy");
+        assert_eq!(r.identities, vec![PathBuf::from("/k/id")]);
+        assert_eq!(r.jumps, vec!["bastion", "me@gw:2022"]);
+        let r = resolve(&cfg, "web", 22, "root", Some(Path::new("/x"))).unwrap();
+        assert_eq!((r.port, r.user.as_str()), (22, "root"));
+        assert_eq!(r.identities, vec![PathBuf::from("/x")]);
+        let r = resolve(&cfg, "db", 0, "", None).unwrap();
+        assert_eq!(
+            (r.address.as_str(), r.port, r.user.as_str()),
+            ("db", 22, "nobody")
+        );
+        assert!(r.jumps.is_empty());
+    }
+
+    #[test]
+    fn missing_file_changes_nothing() {
+        let r = resolve(Path::new("/nonexistent/config"), "h", 0, "u", None).unwrap();
+        assert_eq!(
+            (r.address.as_str(), r.port, r.user.as_str()),
+            ("h", 22, "u")
+        );
+    }
+
+    #[test]
+    fn hops() {
+        assert_eq!(parse_hop("gw"), ("".into(), "gw".into(), 0));
+        assert_eq!(parse_hop("me@gw:2022"), ("me".into(), "gw".into(), 2022));
+        assert_eq!(parse_hop("[::1]:22"), ("".into(), "::1".into(), 22));
+    }
+}

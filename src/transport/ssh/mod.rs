@@ -1,0 +1,749 @@
+//! The SSH transport: one russh connection per host, reused for every step,
+//! with up to [`MAX_CHANNELS`] commands in flight on it.
+//!
+//! Settings from /work/shared/PERF.md: `nodelay`, TCP_QUICKACK after every
+//! read ([`stream::QuickAckStream`]), and uploads copied with a 256 KiB
+//! buffered reader and `copy_buf`. Keepalives are on and there is no
+//! inactivity timeout, so long quiet commands (apt, docker build) are never
+//! cut for silence.
+//!
+//! `~/.ssh/config` support and its limits: see [`config`].
+
+mod auth;
+pub mod config;
+mod known_hosts;
+mod stream;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use russh::client::{self, Handle, Msg};
+use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelWriteHalf, Sig};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::error::command_label;
+use super::exec::OutputCollector;
+use super::{Exec, ExecOutput, Stdin, Transport, TransportError};
+
+/// Commands in flight at once on one connection: below OpenSSH's default
+/// `MaxSessions 10`.
+pub const MAX_CHANNELS: usize = 8;
+
+/// Write size for stdin and uploads (PERF.md: fills 32 KiB packets).
+const UPLOAD_BUFFER: usize = 256 * 1024;
+
+/// What to do with a host key that is not in any known_hosts file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Refuse unknown keys (the error shows the command that accepts one).
+    #[default]
+    Strict,
+    /// Record an unknown key in the first writable known_hosts file and
+    /// connect; a changed key is still refused.
+    AcceptNew,
+    /// Accept any key (warns once per host on stderr).
+    Off,
+}
+
+/// Where and how to reach one host.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// The host's name in the inventory, used in every message.
+    pub name: String,
+    /// Address or `~/.ssh/config` Host alias.
+    pub address: String,
+    /// 0: from `~/.ssh/config`, else 22.
+    pub port: u16,
+    /// Empty: from `~/.ssh/config`, else `$USER`.
+    pub user: String,
+    /// A private key file; `None`: the config's IdentityFile, the agent, the
+    /// default keys.
+    pub identity: Option<PathBuf>,
+    /// Env var holding the key's passphrase (else a TTY prompt).
+    pub passphrase_env: Option<String>,
+    pub host_key_policy: HostKeyPolicy,
+    /// Extra known_hosts files (e.g. the project's `.provision/known_hosts`),
+    /// checked with `~/.ssh/known_hosts`; the first writable one (else
+    /// `~/.ssh/known_hosts`) learns keys under [`HostKeyPolicy::AcceptNew`].
+    pub known_hosts: Vec<PathBuf>,
+    /// Run every line as `sudo -n sh -c LINE` (a non-root user).
+    pub sudo: bool,
+    /// Bound on TCP connect and on the SSH handshake.
+    pub connect_timeout: Duration,
+    /// The user's SSH folder (config, known_hosts, default keys); `None`:
+    /// `~/.ssh`. Tests point it at a temp folder.
+    pub ssh_dir: Option<PathBuf>,
+}
+
+impl SshTarget {
+    /// A target with defaults: port and user from `~/.ssh/config` (else 22
+    /// and `$USER`), strict host keys, no sudo, 10 s connect timeout.
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        SshTarget {
+            name: name.into(),
+            address: address.into(),
+            port: 0,
+            user: String::new(),
+            identity: None,
+            passphrase_env: None,
+            host_key_policy: HostKeyPolicy::Strict,
+            known_hosts: Vec::new(),
+            sudo: false,
+            connect_timeout: Duration::from_secs(10),
+            ssh_dir: None,
+        }
+    }
+
+    fn ssh_dir(&self) -> PathBuf {
+        self.ssh_dir.clone().unwrap_or_else(|| {
+            dirs::home_dir()
+                .unwrap_or_else(|| PathBuf::from("/root"))
+                .join(".ssh")
+        })
+    }
+}
+
+/// A connection to one host. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct SshTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: SshTarget,
+    /// The user we log in as (after `~/.ssh/config`).
+    user: String,
+    conn: tokio::sync::Mutex<Arc<Conn>>,
+    slots: Semaphore,
+}
+
+struct Conn {
+    handle: Handle<Client>,
+    /// The jump host's connection, kept alive while this one is used.
+    _jump: Option<SshTransport>,
+}
+
+impl std::fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshTransport")
+            .field("name", &self.inner.target.name)
+            .field("user", &self.inner.user)
+            .finish()
+    }
+}
+
+impl SshTransport {
+    /// Connects and authenticates (see [`SshTarget`]).
+    pub async fn connect(target: SshTarget) -> Result<SshTransport, TransportError> {
+        let (conn, user) = open(&target, None).await?;
+        Ok(SshTransport {
+            inner: Arc::new(Inner {
+                target,
+                user,
+                conn: tokio::sync::Mutex::new(Arc::new(conn)),
+                slots: Semaphore::new(MAX_CHANNELS),
+            }),
+        })
+    }
+
+    /// The user logged in as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// Ends the connection politely (dropping the last clone also ends it).
+    pub async fn close(&self) {
+        let conn = self.inner.conn.lock().await.clone();
+        let _ = conn
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+
+    /// The live connection, re-established once if it was dropped.
+    async fn conn(&self) -> Result<Arc<Conn>, TransportError> {
+        let mut cur = self.inner.conn.lock().await;
+        if cur.handle.is_closed() {
+            let (conn, _) = open(&self.inner.target, None).await?;
+            *cur = Arc::new(conn);
+        }
+        Ok(cur.clone())
+    }
+
+    /// Replaces `dead` with a new connection (unless another task did).
+    async fn reconnect(&self, dead: &Arc<Conn>) -> Result<Arc<Conn>, TransportError> {
+        let mut cur = self.inner.conn.lock().await;
+        if Arc::ptr_eq(&cur, dead) {
+            let (conn, _) = open(&self.inner.target, None).await?;
+            *cur = Arc::new(conn);
+        }
+        Ok(cur.clone())
+    }
+
+    async fn exec_inner(
+        &self,
+        line: &str,
+        label: &str,
+        req: &mut Exec,
+    ) -> Result<ExecOutput, TransportError> {
+        let host = &self.inner.target.name;
+        let replayable = !matches!(req.stdin, Some(Stdin::Reader(_)));
+        let conn = self.conn().await?;
+        let first = run_once(&conn, line, req).await;
+        let retry = match &first {
+            Err(Failure::Lost { started: false, .. }) => true,
+            Err(Failure::Lost {
+                sink_written: false,
+                ..
+            }) => req.idempotent && replayable,
+            _ => false,
+        };
+        let result = if retry {
+            let conn = self.reconnect(&conn).await?;
+            run_once(&conn, line, req).await
+        } else {
+            first
+        };
+        match result {
+            Ok(out) => Ok(out),
+            Err(Failure::Lost { detail, .. }) => Err(TransportError::ConnectionLost {
+                host: host.clone(),
+                command: Some(label.to_string()),
+                detail,
+            }),
+            Err(Failure::Other(message)) => Err(TransportError::Channel {
+                host: host.clone(),
+                command: label.to_string(),
+                message,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for SshTransport {
+    async fn exec(&self, mut req: Exec) -> Result<ExecOutput, TransportError> {
+        let target = &self.inner.target;
+        let label = command_label(&req.line);
+        let line = if target.sudo {
+            format!("sudo -n sh -c {}", shell_words::quote(&req.line))
+        } else {
+            req.line.clone()
+        };
+        let _slot = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let out = match req.timeout {
+            Some(after) => {
+                match tokio::time::timeout(after, self.exec_inner(&line, &label, &mut req)).await {
+                    Ok(r) => r?,
+                    // Dropping the run closes its channel (see ChannelGuard).
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            host: target.name.clone(),
+                            command: label,
+                            after,
+                        })
+                    }
+                }
+            }
+            None => self.exec_inner(&line, &label, &mut req).await?,
+        };
+        if target.sudo && out.status == Some(1) && sudo_wants_password(&out.stderr) {
+            return Err(TransportError::SudoNeedsPassword {
+                host: target.name.clone(),
+                user: self.inner.user.clone(),
+                command: label,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn upload_tar(
+        &self,
+        dest_dir: &str,
+        archive: Box<dyn AsyncRead + Send + Unpin>,
+    ) -> Result<(), TransportError> {
+        super::upload_tar_with(self, dest_dir, archive).await
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.target.name
+    }
+}
+
+fn sudo_wants_password(stderr: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(stderr);
+    s.contains("sudo: a password is required") || s.contains("sudo: a terminal is required")
+}
+
+/// Why one run did not finish.
+enum Failure {
+    /// The connection went away. `started`: the command may have run;
+    /// `sink_written`: bytes already went to the stdout sink.
+    Lost {
+        detail: String,
+        started: bool,
+        sink_written: bool,
+    },
+    /// Any other channel failure (message has no stdin and no line).
+    Other(String),
+}
+
+/// Closes the channel on every path, including when the run is dropped by
+/// a timeout (russh sends no CHANNEL_CLOSE for a dropped channel). A command
+/// still running is sent SIGTERM first.
+struct ChannelGuard {
+    write: Arc<ChannelWriteHalf<Msg>>,
+    done: bool,
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let w = self.write.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = w.signal(Sig::TERM).await;
+                let _ = w.close().await;
+            });
+        }
+    }
+}
+
+async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput, Failure> {
+    let channel = conn
+        .handle
+        .channel_open_session()
+        .await
+        .map_err(|e| match e {
+            russh::Error::ChannelOpenFailure(reason) => {
+                Failure::Other(format!("the server refused a session channel: {reason:?}"))
+            }
+            e => Failure::Lost {
+                detail: e.to_string(),
+                started: false,
+                sink_written: false,
+            },
+        })?;
+    let (mut read, write) = channel.split();
+    let write = Arc::new(write);
+    let mut guard = ChannelGuard {
+        write: write.clone(),
+        done: false,
+    };
+    let lost = |e: russh::Error, sink_written: bool| Failure::Lost {
+        detail: e.to_string(),
+        started: true,
+        sink_written,
+    };
+    write.exec(true, line).await.map_err(|e| lost(e, false))?;
+
+    // Stdin is written while output is read (either can fill a window).
+    let stdin = match &mut req.stdin {
+        Some(Stdin::Reader(_)) => req.stdin.take(),
+        Some(Stdin::Bytes(b)) => Some(Stdin::Bytes(b.clone())),
+        None => None,
+    };
+    let w2 = write.clone();
+    let feed = async move {
+        let mut tx = w2.make_writer();
+        match stdin {
+            None => {}
+            Some(Stdin::Bytes(b)) => {
+                let wrote = b.is_empty() || tx.write_all(&b).await.is_ok();
+                if !wrote {
+                    return Ok(()); // the command stopped reading: its exit tells
+                }
+            }
+            Some(Stdin::Reader(r)) => {
+                let mut r = BufReader::with_capacity(UPLOAD_BUFFER, r);
+                loop {
+                    let chunk = r
+                        .fill_buf()
+                        .await
+                        .map_err(|e| format!("reading its stdin: {e}"))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let n = chunk.len();
+                    if tx.write_all(chunk).await.is_err() {
+                        return Ok(());
+                    }
+                    r.consume(n);
+                }
+            }
+        }
+        let _ = tx.shutdown().await; // EOF
+        Ok::<(), String>(())
+    };
+    let mut feed = std::pin::pin!(feed);
+    let mut feeding = true;
+
+    let mut collector = OutputCollector::new(req.capture, req.on_line.clone());
+    let mut sink: Option<&mut Box<dyn AsyncWrite + Send + Unpin>> = req.stdout_sink.as_mut();
+    let mut sink_written = false;
+    let mut status = None;
+    let mut signal = None;
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            r = &mut feed, if feeding => {
+                feeding = false;
+                r.map_err(Failure::Other)?;
+            }
+            msg = read.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => match sink.as_mut() {
+                    Some(s) => {
+                        sink_written = true;
+                        s.write_all(&data)
+                            .await
+                            .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
+                    }
+                    None => collector.stdout(&data),
+                },
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => collector.stderr(&data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    signal = Some(sig_name(&signal_name))
+                }
+                Some(ChannelMsg::Failure) => {
+                    return Err(Failure::Other("the server refused to run it".into()))
+                }
+                Some(ChannelMsg::Close) => {
+                    closed = true;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    guard.done = closed;
+    if !closed && status.is_none() && signal.is_none() {
+        return Err(Failure::Lost {
+            detail: "the channel ended without an exit status".into(),
+            started: true,
+            sink_written,
+        });
+    }
+    if let Some(s) = sink {
+        s.flush()
+            .await
+            .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
+    }
+    let (mut out, _) = collector.finish();
+    out.status = status;
+    out.signal = signal;
+    Ok(out)
+}
+
+fn sig_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(c) => c,
+    }
+    .to_string()
+}
+
+/// The russh handler: checks the host key against known_hosts.
+struct Client {
+    host: String,
+    address: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    files: Vec<PathBuf>,
+    learn_file: PathBuf,
+    /// Why the key was refused, read back after the handshake fails.
+    refusal: Arc<Mutex<Option<TransportError>>>,
+}
+
+impl Client {
+    fn refuse(&self, e: TransportError) -> Result<bool, russh::Error> {
+        *self.refusal.lock().unwrap() = Some(e);
+        Ok(false)
+    }
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key: PublicKey = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(c) => PublicKey::from(c.public_key().clone()),
+        };
+        let addr = format!("{}:{}", self.address, self.port);
+        let algorithm = key.algorithm().to_string();
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        if self.policy == HostKeyPolicy::Off {
+            warn_once(&self.host, &addr);
+            return Ok(true);
+        }
+        let verdict = match known_hosts::check(&self.files, &self.address, self.port, &key) {
+            Ok(v) => v,
+            Err((file, e)) => {
+                return self.refuse(TransportError::KnownHosts {
+                    host: self.host.clone(),
+                    file,
+                    message: e.to_string(),
+                })
+            }
+        };
+        match verdict {
+            known_hosts::Verdict::Known => Ok(true),
+            known_hosts::Verdict::Changed { file, line } => {
+                self.refuse(TransportError::HostKeyChanged {
+                    host: self.host.clone(),
+                    addr,
+                    known_as: known_hosts::known_as(&self.address, self.port),
+                    algorithm,
+                    fingerprint,
+                    file,
+                    line,
+                })
+            }
+            known_hosts::Verdict::Unknown if self.policy == HostKeyPolicy::AcceptNew => {
+                match known_hosts::learn(&self.learn_file, &self.address, self.port, &key) {
+                    Ok(()) => Ok(true),
+                    Err(e) => self.refuse(TransportError::KnownHosts {
+                        host: self.host.clone(),
+                        file: self.learn_file.clone(),
+                        message: format!("cannot record the new host key: {e}"),
+                    }),
+                }
+            }
+            known_hosts::Verdict::Unknown => {
+                let short = match key.algorithm() {
+                    russh::keys::Algorithm::Ed25519 => "ed25519".to_string(),
+                    russh::keys::Algorithm::Ecdsa { .. } => "ecdsa".to_string(),
+                    russh::keys::Algorithm::Rsa { .. } => "rsa".to_string(),
+                    other => other.to_string(),
+                };
+                let port = if self.port == 22 {
+                    String::new()
+                } else {
+                    format!("-p {} ", self.port)
+                };
+                let accept_command = format!(
+                    "ssh-keyscan {port}-t {short} {} >> {}",
+                    shell_words::quote(&self.address),
+                    shell_words::quote(&self.learn_file.display().to_string())
+                );
+                self.refuse(TransportError::UnknownHostKey {
+                    host: self.host.clone(),
+                    addr,
+                    algorithm,
+                    fingerprint,
+                    accept_command,
+                })
+            }
+        }
+    }
+}
+
+fn warn_once(host: &str, addr: &str) {
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let set = WARNED.get_or_init(|| Mutex::new(HashSet::new()));
+    if set.lock().unwrap().insert(addr.to_string()) {
+        eprintln!(
+            "warning: {host}: host key checking is off for {addr}; the connection could be intercepted"
+        );
+    }
+}
+
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        nodelay: true,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        ..Default::default()
+    })
+}
+
+/// Opens and authenticates one connection (through jump hosts when the
+/// config says so). `jumps`: hops still to go through, overriding the
+/// config (used for the hops themselves).
+fn open<'a>(
+    target: &'a SshTarget,
+    jumps: Option<Vec<String>>,
+) -> futures::future::BoxFuture<'a, Result<(Conn, String), TransportError>> {
+    Box::pin(async move {
+        let host = target.name.clone();
+        let ssh_dir = target.ssh_dir();
+        let r = config::resolve(
+            &ssh_dir.join("config"),
+            &target.address,
+            target.port,
+            &target.user,
+            target.identity.as_deref(),
+        )
+        .map_err(|message| TransportError::Config {
+            host: host.clone(),
+            message,
+        })?;
+        let jumps = jumps.unwrap_or_else(|| r.jumps.clone());
+        let addr = format!("{}:{}", r.address, r.port);
+
+        let mut files = target.known_hosts.clone();
+        let user_file = ssh_dir.join("known_hosts");
+        files.push(user_file.clone());
+        files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+        let learn_file = target
+            .known_hosts
+            .iter()
+            .find(|f| known_hosts::writable(f))
+            .cloned()
+            .unwrap_or(user_file);
+        let refusal = Arc::new(Mutex::new(None));
+        let handler = Client {
+            host: host.clone(),
+            address: r.address.clone(),
+            port: r.port,
+            policy: target.host_key_policy,
+            files,
+            learn_file,
+            refusal: refusal.clone(),
+        };
+
+        let timeout = target.connect_timeout;
+        let handshake_failed = |e: russh::Error| {
+            refusal
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap_or_else(|| TransportError::Handshake {
+                    host: host.clone(),
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                })
+        };
+        let handshake_timeout = || TransportError::Handshake {
+            host: host.clone(),
+            addr: addr.clone(),
+            message: format!("no answer within {}s", timeout.as_secs_f32()),
+        };
+
+        let (mut handle, jump) = if let Some((last, before)) = jumps.split_last() {
+            let (juser, jhost, jport) = config::parse_hop(last);
+            let mut jt = target.clone();
+            jt.name = format!("{} (via jump host {jhost})", target.name);
+            jt.address = jhost;
+            jt.port = jport;
+            jt.user = juser;
+            jt.identity = None;
+            jt.sudo = false;
+            let (jconn, juser) = open(&jt, Some(before.to_vec())).await?;
+            let jump = SshTransport {
+                inner: Arc::new(Inner {
+                    target: jt,
+                    user: juser,
+                    conn: tokio::sync::Mutex::new(Arc::new(jconn)),
+                    slots: Semaphore::new(MAX_CHANNELS),
+                }),
+            };
+            let conn = jump.conn().await?;
+            let channel = conn
+                .handle
+                .channel_open_direct_tcpip(r.address.clone(), r.port as u32, "127.0.0.1", 0)
+                .await
+                .map_err(|e| TransportError::Connect {
+                    host: host.clone(),
+                    addr: addr.clone(),
+                    message: format!("the jump host could not open a tunnel: {e}"),
+                })?;
+            let h = tokio::time::timeout(
+                timeout,
+                client::connect_stream(client_config(), channel.into_stream(), handler),
+            )
+            .await
+            .map_err(|_| handshake_timeout())?
+            .map_err(handshake_failed)?;
+            (h, Some(jump))
+        } else {
+            let tcp = match tokio::time::timeout(
+                timeout,
+                TcpStream::connect((r.address.as_str(), r.port)),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(TransportError::ConnectTimeout {
+                        host,
+                        addr,
+                        after: timeout,
+                    })
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(TransportError::ConnectRefused { host, addr })
+                }
+                Ok(Err(e)) => {
+                    return Err(TransportError::Connect {
+                        host,
+                        addr,
+                        message: e.to_string(),
+                    })
+                }
+                Ok(Ok(s)) => s,
+            };
+            let stream = stream::QuickAckStream::new(tcp).map_err(|e| TransportError::Connect {
+                host: host.clone(),
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+            let h = tokio::time::timeout(
+                timeout,
+                client::connect_stream(client_config(), stream, handler),
+            )
+            .await
+            .map_err(|_| handshake_timeout())?
+            .map_err(handshake_failed)?;
+            (h, None)
+        };
+
+        auth::authenticate(
+            &mut handle,
+            &auth::AuthPlan {
+                host: &host,
+                user: &r.user,
+                identities: &r.identities,
+                passphrase_env: target.passphrase_env.as_deref(),
+                ssh_dir: &ssh_dir,
+            },
+        )
+        .await?;
+        Ok((
+            Conn {
+                handle,
+                _jump: jump,
+            },
+            r.user,
+        ))
+    })
+}
