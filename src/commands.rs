@@ -49,7 +49,7 @@ pub fn install_docker(source: &str) -> Vec<String> {
 /// One round trip that tells the executor the state of a host: whether
 /// Docker answers, and the project's images, containers, networks and
 /// volumes. Parsed by [`crate::probe::HostState::parse`].
-pub fn probe(project: &str) -> String {
+pub fn probe(project: &str, bases: &[String]) -> String {
     let filter = format!("label={PROJECT_LABEL}={project}");
     let docker_info = shell(&argv(["docker", "info", "--format", "{{.ServerVersion}}"]));
     let images = shell(&argv([
@@ -79,6 +79,13 @@ pub fn probe(project: &str) -> String {
         "{{.Name}}",
     ]));
     let volumes = shell(&argv(["docker", "volume", "ls", "--format", "{{.Name}}"]));
+    let bases_check: String = bases
+        .iter()
+        .map(|b| {
+            let q = shell(&[b.clone()]);
+            format!("docker image inspect {q} >/dev/null 2>&1 && echo {q}; ")
+        })
+        .collect();
     let chain = firewall_chain(project);
     let firewall = format!(
         "{} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked",
@@ -89,7 +96,8 @@ pub fn probe(project: &str) -> String {
         "if ! command -v docker >/dev/null 2>&1; then echo '@docker missing'; exit 0; fi; \
          v=$({docker_info} 2>/dev/null) || {{ echo '@docker stopped'; exit 0; }}; echo \"@docker $v\"; \
          echo '@images'; {images}; echo '@containers'; {containers}; \
-         echo '@networks'; {networks}; echo '@volumes'; {volumes}; echo '@firewall'; {firewall}; true"
+         echo '@networks'; {networks}; echo '@volumes'; {volumes}; echo '@firewall'; {firewall}; \
+         echo '@bases'; {bases_check}true"
     )
 }
 
@@ -140,10 +148,12 @@ pub fn data_container_create(
     a
 }
 
-/// Replace a folder's content with a tar stream read from stdin.
+/// Replace a folder's content with a tar stream read from stdin. Modes are
+/// kept (`-p`: a 0600 env file stays 0600) and files belong to the user
+/// that extracts (root under sudo).
 pub fn untar_into(dir: &str) -> String {
     let d = shell(&[dir.to_string()]);
-    format!("rm -rf {d} && mkdir -p {d} && tar -x -C {d}")
+    format!("rm -rf {d} && mkdir -p {d} && tar -x -p --no-same-owner -f - -C {d}")
 }
 
 pub fn build(
@@ -485,7 +495,7 @@ mod tests {
 
     #[test]
     fn untar_quotes_the_folder() {
-        assert_eq!(untar_into("/var/lib/provision/p/build/x"), "rm -rf /var/lib/provision/p/build/x && mkdir -p /var/lib/provision/p/build/x && tar -x -C /var/lib/provision/p/build/x");
+        assert_eq!(untar_into("/var/lib/provision/p/build/x"), "rm -rf /var/lib/provision/p/build/x && mkdir -p /var/lib/provision/p/build/x && tar -x -p --no-same-owner -f - -C /var/lib/provision/p/build/x");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
+pub mod executor;
 pub mod inventory;
 pub mod load;
 pub mod plan;
 pub mod plan_output;
+pub mod probe;
+pub mod progress;
 pub mod secrets;
 pub mod templates;
 pub mod transport;

@@ -110,6 +110,9 @@ pub struct Step {
     /// Built from an upstream registry image: skipped with one message on
     /// hosts that cannot pull.
     pub upstream: bool,
+    /// Images the step needs on the host first (a Dockerfile's FROM).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<String>,
 }
 
 pub const READY_TIMEOUT_SECS: u64 = 180;
@@ -146,6 +149,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 script: commands::install_docker_script(),
             }],
             upstream: false,
+            bases: vec![],
         });
         if services.is_empty() && !inv.data.iter().any(|d| d.host == host.name) {
             hosts.push(HostPlan {
@@ -170,6 +174,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 line: shell(&commands::network_create(&project, &project)),
             }],
             upstream: false,
+            bases: vec![],
         });
         let volumes: BTreeSet<&str> = services
             .iter()
@@ -190,6 +195,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                     line: shell(&commands::volume_create(&project, v)),
                 }],
                 upstream: false,
+                bases: vec![],
             });
         }
         for d in inv.data.iter().filter(|d| d.host == host.name) {
@@ -208,6 +214,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                     )),
                 }],
                 upstream: false,
+                bases: vec![],
             });
         }
 
@@ -245,6 +252,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                     line: commands::firewall(&project, &host.address, &guarded, &marker),
                 }],
                 upstream: false,
+                bases: vec![],
             });
         }
 
@@ -415,6 +423,11 @@ fn service_steps(
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    let bases = files
+        .iter()
+        .find(|f| f.path == "Dockerfile")
+        .map(|f| from_images(&String::from_utf8_lossy(&f.data)))
+        .unwrap_or_default();
     let context_hash = context_hash(&files);
     let tag = format!(
         "{}:{}",
@@ -479,6 +492,7 @@ fn service_steps(
         when: Condition::ImageMissing { tag: tag.clone() },
         actions: build_actions,
         upstream,
+        bases,
     };
 
     // The container's environment: plain values, secrets, and what the
@@ -631,6 +645,7 @@ fn service_steps(
             },
         ],
         upstream,
+        bases: vec![],
     };
     let mut runs = vec![run];
     let has_users = inv
@@ -651,9 +666,31 @@ fn service_steps(
                 timeout_secs: READY_TIMEOUT_SECS,
             }],
             upstream,
+            bases: vec![],
         });
     }
     Ok((vec![build], runs))
+}
+
+/// The images a Dockerfile starts `FROM`, leaving out its own build stages.
+pub fn from_images(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        let Some(image) = rest.first() else { continue };
+        if !stages.iter().any(|s| s == image) && !out.iter().any(|o: &String| o == image) && *image != "scratch" {
+            out.push(image.to_string());
+        }
+        if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("AS") {
+            stages.push(rest[2].to_string());
+        }
+    }
+    out
 }
 
 pub fn hash_str(s: &str) -> String {
@@ -711,4 +748,15 @@ pub fn read_app_folder(dir: &Path) -> std::io::Result<Vec<ContextFile>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_images_skips_stages_and_flags() {
+        let d = "FROM --platform=linux/amd64 debian:bookworm AS build\nRUN x\nFROM build\nFROM fluent/fluentd:v1\n";
+        assert_eq!(from_images(d), vec!["debian:bookworm", "fluent/fluentd:v1"]);
+    }
 }

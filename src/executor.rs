@@ -1,0 +1,433 @@
+//! Runs a plan: one probe per host, then each host's pending steps in
+//! order, hosts in parallel, waiting across hosts where the wiring says so.
+//! A failed step blocks only the steps that need it; everything else goes
+//! on, and the report says what failed where.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::commands;
+use crate::plan::{Action, HostPlan, Plan, Step, StepKind};
+use crate::probe::HostState;
+use crate::progress::Progress;
+use crate::templates::ContextFile;
+use crate::transport::{Exec, Stream, Transport, TransportError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    Unchanged,
+    /// Not run on purpose (an upstream image this host cannot get).
+    Skipped(String),
+    Failed(String),
+    /// Not run because a step it needs did not succeed.
+    Blocked(String),
+}
+
+impl Outcome {
+    fn satisfies(&self) -> bool {
+        matches!(self, Outcome::Changed | Outcome::Unchanged)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostReport {
+    pub host: String,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    pub skipped: Vec<(String, String)>,
+    pub failed: Vec<(String, String)>,
+    pub blocked: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+impl HostReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.blocked.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} changed, {} unchanged, {} skipped, {} failed in {:.1} s",
+            self.changed.len(),
+            self.unchanged,
+            self.skipped.len(),
+            self.failed.len() + self.blocked.len(),
+            self.elapsed.as_secs_f64()
+        );
+        if self.changed.is_empty() && self.ok() {
+            s.push_str(" (nothing to do)");
+        }
+        s
+    }
+}
+
+/// Outcomes of finished steps, shared by all hosts.
+#[derive(Default)]
+struct Board {
+    done: Mutex<HashMap<String, Outcome>>,
+    notify: Notify,
+}
+
+impl Board {
+    fn set(&self, id: &str, o: Outcome) {
+        self.done.lock().unwrap().insert(id.to_string(), o);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self, id: &str) -> Outcome {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(o) = self.done.lock().unwrap().get(id) {
+                return o.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Per-step limits: a quiet build is never killed for silence, only for
+/// running past these.
+fn timeout_for(kind: StepKind) -> Duration {
+    match kind {
+        StepKind::Docker => Duration::from_secs(20 * 60),
+        StepKind::Build => Duration::from_secs(60 * 60),
+        _ => Duration::from_secs(5 * 60),
+    }
+}
+
+pub struct Host {
+    pub plan: HostPlan,
+    pub transport: Result<Arc<dyn Transport>, String>,
+}
+
+/// Execute the plan. `hosts` come with their connections (or the reason
+/// there is none); hosts of the plan missing from it are not touched.
+pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> Vec<HostReport> {
+    let started = Instant::now();
+    // Phase 1: probe every reachable host in parallel.
+    let probes = futures::future::join_all(hosts.iter().map(|h| {
+        let progress = progress.clone();
+        async move {
+            let t = h.transport.as_ref().ok()?;
+            let bases: BTreeSet<String> = h.plan.steps.iter().flat_map(|s| s.bases.iter().cloned()).collect();
+            let line = commands::probe(&plan.project, &bases.into_iter().collect::<Vec<_>>());
+            match t.exec(Exec::new(line).timeout(Duration::from_secs(60)).idempotent(true)).await {
+                Ok(out) if out.success() => Some(Ok(HostState::parse(&out.stdout_str()))),
+                Ok(out) => Some(Err(format!("probe failed: {}", out.stderr_str().trim()))),
+                Err(e) => {
+                    progress.status(&h.plan.host, &format!("probe failed: {e}"));
+                    Some(Err(e.to_string()))
+                }
+            }
+        }
+    }))
+    .await;
+
+    // Phase 2: what is pending everywhere, so a readiness wait runs only
+    // when something starts that needs it.
+    let mut pending: HashSet<String> = HashSet::new();
+    for (h, p) in hosts.iter().zip(&probes) {
+        let state = match p {
+            Some(Ok(s)) => s,
+            _ => continue,
+        };
+        for s in &h.plan.steps {
+            if state.holds(&s.when) && s.kind != StepKind::Ready {
+                pending.insert(s.id.clone());
+            }
+        }
+    }
+    let all_steps: Vec<&Step> = hosts.iter().flat_map(|h| h.plan.steps.iter()).collect();
+    for s in all_steps.iter().filter(|s| s.kind == StepKind::Ready) {
+        let run_id = s.id.replace("/ready", "/run");
+        let needed = pending.contains(&run_id) || all_steps.iter().any(|d| d.needs.contains(&s.id) && pending.contains(&d.id));
+        if needed {
+            pending.insert(s.id.clone());
+        }
+    }
+    let known: HashSet<String> = all_steps.iter().map(|s| s.id.clone()).collect();
+
+    // Phase 3: every host at once.
+    let board = Arc::new(Board::default());
+    let pending = Arc::new(pending);
+    let known = Arc::new(known);
+    let runs = hosts.into_iter().zip(probes).map(|(h, probe)| {
+        let board = board.clone();
+        let progress = progress.clone();
+        let pending = pending.clone();
+        let known = known.clone();
+        async move {
+            let mut ctx = HostRun { host: h.plan.host.clone(), board, progress, report: HostReport::default() };
+            ctx.report.host = h.plan.host.clone();
+            let state = match (&h.transport, probe) {
+                (Ok(t), Some(Ok(state))) => Ok((t.clone(), state)),
+                (Err(e), _) => Err(e.clone()),
+                (_, Some(Err(e))) => Err(e),
+                (_, None) => Err("no connection".to_string()),
+            };
+            match state {
+                Ok((t, state)) => ctx.run(&h.plan, t.as_ref(), &state, &pending, &known).await,
+                Err(e) => {
+                    for s in &h.plan.steps {
+                        ctx.finish(s, Outcome::Failed(e.clone()));
+                    }
+                }
+            }
+            ctx.report.elapsed = started.elapsed();
+            ctx.progress.host_done(&ctx.host, &ctx.report.summary());
+            ctx.report
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+struct HostRun {
+    host: String,
+    board: Arc<Board>,
+    progress: Arc<Progress>,
+    report: HostReport,
+}
+
+impl HostRun {
+    fn finish(&mut self, step: &Step, o: Outcome) {
+        match &o {
+            Outcome::Changed => self.report.changed.push(step.summary.clone()),
+            Outcome::Unchanged => self.report.unchanged += 1,
+            Outcome::Skipped(why) => self.report.skipped.push((step.summary.clone(), why.clone())),
+            Outcome::Failed(why) => {
+                self.progress.status(&self.host, &format!("FAILED: {}: {why}", step.summary));
+                self.report.failed.push((step.summary.clone(), why.clone()))
+            }
+            Outcome::Blocked(why) => self.report.blocked.push((step.summary.clone(), why.clone())),
+        }
+        self.board.set(&step.id, o);
+    }
+
+    async fn run(
+        &mut self,
+        plan: &HostPlan,
+        t: &dyn Transport,
+        state: &HostState,
+        pending: &HashSet<String>,
+        known: &HashSet<String>,
+    ) {
+        let mut bases = state.bases.clone();
+        let mut upstream_note: Option<String> = None;
+        for step in &plan.steps {
+            // Wait for what this step needs, here or on other hosts.
+            let mut blocked = None;
+            for need in step.needs.iter().filter(|n| known.contains(*n)) {
+                let o = self.board.wait(need).await;
+                if !o.satisfies() {
+                    blocked = Some((need.clone(), o));
+                    break;
+                }
+            }
+            if let Some((need, o)) = blocked {
+                let outcome = match o {
+                    // An upstream service skipped takes its own later steps along.
+                    Outcome::Skipped(why) if step.upstream => Outcome::Skipped(why),
+                    _ => Outcome::Blocked(format!("needs {need}, which did not succeed")),
+                };
+                self.finish(step, outcome);
+                continue;
+            }
+            if !pending.contains(&step.id) {
+                self.finish(step, Outcome::Unchanged);
+                continue;
+            }
+            // Base images first: shipped from this computer's engine when the
+            // host lacks them, pulled by the host otherwise.
+            let mut missing_base = None;
+            let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
+            for b in wanted {
+                match self.ensure_base(t, b).await {
+                    Ok(()) => {
+                        bases.insert(b.clone());
+                    }
+                    Err(e) => {
+                        missing_base = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = missing_base {
+                let o = if step.upstream {
+                    if upstream_note.is_none() {
+                        let note = format!(
+                            "upstream images cannot be had on this host ({e}); fluentd/elasticsearch/kibana-style services built from them are skipped"
+                        );
+                        self.progress.status(&self.host, &note);
+                        upstream_note = Some(note);
+                    }
+                    Outcome::Skipped(e)
+                } else {
+                    Outcome::Failed(e)
+                };
+                self.finish(step, o);
+                continue;
+            }
+            self.progress.status(&self.host, &format!("{} ...", step.summary));
+            let started = Instant::now();
+            let o = match self.run_step(t, step, state).await {
+                Ok(()) => {
+                    self.progress.status(
+                        &self.host,
+                        &format!("{} done ({:.1} s)", step.summary, started.elapsed().as_secs_f64()),
+                    );
+                    // A readiness wait changes nothing on the host.
+                    if step.kind == StepKind::Ready {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Changed
+                    }
+                }
+                Err(e) => Outcome::Failed(e),
+            };
+            self.finish(step, o);
+        }
+    }
+
+    async fn run_step(&self, t: &dyn Transport, step: &Step, state: &HostState) -> Result<(), String> {
+        let deadline = timeout_for(step.kind);
+        // A stopped container whose spec is current only needs a start.
+        if step.kind == StepKind::Run && state.only_stopped(&step.when) {
+            if let crate::plan::Condition::ContainerOutdated { name, .. } = &step.when {
+                return self.exec(t, &commands::shell(&commands::start_container(name)), None, deadline).await;
+            }
+        }
+        for a in &step.actions {
+            match a {
+                Action::Run { line } | Action::Fetch { line } => self.exec(t, line, None, deadline).await?,
+                Action::Script { line, script } => self.exec(t, line, Some(script.as_bytes().to_vec()), deadline).await?,
+                Action::Upload { dir, files, .. } => {
+                    let tar = tar_of(files).map_err(|e| format!("cannot pack {dir}: {e}"))?;
+                    self.exec(t, &commands::untar_into(dir), Some(tar), deadline).await?
+                }
+                Action::WaitReady { line, timeout_secs } => self.wait_ready(t, line, Duration::from_secs(*timeout_secs)).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, t: &dyn Transport, line: &str, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<(), String> {
+        let progress = self.progress.clone();
+        let host = self.host.clone();
+        let mut req = Exec::new(line)
+            .timeout(timeout)
+            .on_line(move |_s: Stream, l: &str| progress.output(&host, l));
+        if let Some(b) = stdin {
+            req = req.stdin_bytes(b);
+        }
+        let out = t.exec(req).await.map_err(|e| e.to_string())?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(failure(line, &out.stderr_str(), &out.stdout_str(), out.status))
+        }
+    }
+
+    /// Poll until the probe succeeds or the deadline passes.
+    async fn wait_ready(&self, t: &dyn Transport, line: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = match t.exec(Exec::new(line).timeout(Duration::from_secs(30)).idempotent(true)).await {
+                Ok(out) if out.success() => return Ok(()),
+                Ok(out) => out.stderr_str().trim().to_string(),
+                Err(e @ TransportError::Timeout { .. }) => e.to_string(),
+                Err(e) => return Err(e.to_string()),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("not ready after {} s{}", limit.as_secs(), if last.is_empty() { String::new() } else { format!(": {last}") }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn ensure_base(&self, t: &dyn Transport, image: &str) -> Result<(), String> {
+        if local_has_image(image).await {
+            self.progress.status(&self.host, &format!("shipping image {image} from this computer (docker save | docker load)"));
+            return ship_image(t, image).await;
+        }
+        self.progress.status(&self.host, &format!("pulling image {image} on the host"));
+        let line = commands::shell(&commands::argv(["docker", "pull", image]));
+        match t.exec(Exec::new(line).timeout(Duration::from_secs(600))).await {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err(format!("image {image} is not on the host and cannot be pulled: {}", last_line(&out.stderr_str()))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn last_line(s: &str) -> String {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
+/// A failure message: the command's first word and the tail of its error
+/// output (never the whole line, which may be long).
+fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> String {
+    let what = crate::transport::command_label(line);
+    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(5)..].join("\n    ");
+    format!(
+        "`{what}` exited with {}{}",
+        status.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into()),
+        if tail.is_empty() { String::new() } else { format!(":\n    {tail}") }
+    )
+}
+
+pub async fn local_has_image(image: &str) -> bool {
+    tokio::process::Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `docker save IMAGE` here streamed into `docker load` on the host.
+pub async fn ship_image(t: &dyn Transport, image: &str) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("docker")
+        .args(["save", image])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run docker save: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let out = t
+        .exec(Exec::new("docker load").stdin_reader(Box::new(stdout)).timeout(Duration::from_secs(900)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let saved = child.wait().await.map_err(|e| e.to_string())?;
+    if !saved.success() {
+        return Err(format!("docker save {image} failed here"));
+    }
+    if !out.success() {
+        return Err(format!("docker load of {image} failed: {}", last_line(&out.stderr_str())));
+    }
+    Ok(())
+}
+
+/// A tar of context files: fixed owner and times, so equal contexts give
+/// equal archives.
+pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(f.data.len() as u64);
+        h.set_mode(f.mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, &f.path, f.data.as_slice())?;
+    }
+    b.into_inner()
+}

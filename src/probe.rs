@@ -1,0 +1,187 @@
+//! What one probe round trip says about a host, and which plan conditions
+//! hold given it. Pure: the executor runs the probe line and hands the text
+//! here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::plan::Condition;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerState {
+    Missing,
+    Stopped,
+    Running(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub running: bool,
+    pub spec: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostState {
+    pub docker: DockerState,
+    pub images: BTreeSet<String>,
+    pub containers: BTreeMap<String, ContainerState>,
+    pub networks: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    /// The firewall marker found in the project's chain, if it is hooked.
+    pub firewall: Option<String>,
+    /// Base images present on the host.
+    pub bases: BTreeSet<String>,
+}
+
+impl HostState {
+    /// Parse the output of [`crate::commands::probe`].
+    pub fn parse(text: &str) -> HostState {
+        let mut s = HostState {
+            docker: DockerState::Missing,
+            images: BTreeSet::new(),
+            containers: BTreeMap::new(),
+            networks: BTreeSet::new(),
+            volumes: BTreeSet::new(),
+            firewall: None,
+            bases: BTreeSet::new(),
+        };
+        let mut section = "";
+        let mut marker = None;
+        let mut hooked = false;
+        for line in text.lines() {
+            let line = line.trim_end();
+            if let Some(rest) = line.strip_prefix("@docker ") {
+                s.docker = match rest {
+                    "missing" => DockerState::Missing,
+                    "stopped" => DockerState::Stopped,
+                    v => DockerState::Running(v.to_string()),
+                };
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('@') {
+                section = match name {
+                    "images" | "containers" | "networks" | "volumes" | "firewall" | "bases" => name,
+                    _ => "",
+                };
+                continue;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            match section {
+                "images" => {
+                    s.images.insert(line.to_string());
+                }
+                "containers" => {
+                    let mut parts = line.split('\t');
+                    let (Some(name), Some(state)) = (parts.next(), parts.next()) else { continue };
+                    let spec = parts.next().unwrap_or("").to_string();
+                    s.containers.insert(name.to_string(), ContainerState { running: state == "running", spec });
+                }
+                "networks" => {
+                    s.networks.insert(line.to_string());
+                }
+                "volumes" => {
+                    s.volumes.insert(line.to_string());
+                }
+                "firewall" => {
+                    if let Some(m) = line.strip_prefix("provision ") {
+                        marker = Some(m.to_string());
+                    } else if line == "hooked" {
+                        hooked = true;
+                    }
+                }
+                "bases" => {
+                    s.bases.insert(line.to_string());
+                }
+                _ => {}
+            }
+        }
+        if hooked {
+            s.firewall = marker;
+        }
+        s
+    }
+
+    /// A host with nothing on it yet (Docker missing): every condition holds.
+    pub fn blank() -> HostState {
+        HostState::parse("@docker missing")
+    }
+
+    pub fn docker_running(&self) -> bool {
+        matches!(self.docker, DockerState::Running(_))
+    }
+
+    /// Whether a step with this condition has work to do.
+    pub fn holds(&self, c: &Condition) -> bool {
+        match c {
+            Condition::DockerNotRunning => !self.docker_running(),
+            Condition::NetworkMissing { name } => !self.networks.contains(name),
+            Condition::VolumeMissing { name } => !self.volumes.contains(name),
+            Condition::ContainerMissing { name } => !self.containers.contains_key(name),
+            Condition::FirewallDiffers { marker } => self.firewall.as_ref() != Some(marker),
+            Condition::ImageMissing { tag } => !self.images.contains(tag),
+            Condition::ContainerOutdated { name, spec } => match self.containers.get(name) {
+                Some(c) => !c.running || &c.spec != spec,
+                None => true,
+            },
+            Condition::Always => true,
+        }
+    }
+
+    /// An existing container with the right spec that is merely stopped can
+    /// be started instead of recreated.
+    pub fn only_stopped(&self, c: &Condition) -> bool {
+        match c {
+            Condition::ContainerOutdated { name, spec } => {
+                matches!(self.containers.get(name), Some(s) if !s.running && &s.spec == spec)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "@docker 20.10.24\n@images\np-redis:abc\n@containers\np-redis\trunning\tspec1\np-pg\texited\tspec2\n@networks\np\n@volumes\npgdata\n@firewall\nprovision f00d\nhooked\n@bases\ndebian:bookworm\n";
+
+    #[test]
+    fn parses_every_section() {
+        let s = HostState::parse(SAMPLE);
+        assert_eq!(s.docker, DockerState::Running("20.10.24".into()));
+        assert!(s.images.contains("p-redis:abc"));
+        assert_eq!(s.containers["p-pg"], ContainerState { running: false, spec: "spec2".into() });
+        assert!(s.networks.contains("p") && s.volumes.contains("pgdata"));
+        assert_eq!(s.firewall.as_deref(), Some("f00d"));
+        assert!(s.bases.contains("debian:bookworm"));
+    }
+
+    #[test]
+    fn conditions_follow_the_state() {
+        let s = HostState::parse(SAMPLE);
+        assert!(!s.holds(&Condition::DockerNotRunning));
+        assert!(!s.holds(&Condition::ImageMissing { tag: "p-redis:abc".into() }));
+        assert!(s.holds(&Condition::ImageMissing { tag: "p-redis:def".into() }));
+        let same = Condition::ContainerOutdated { name: "p-redis".into(), spec: "spec1".into() };
+        assert!(!s.holds(&same));
+        let changed = Condition::ContainerOutdated { name: "p-redis".into(), spec: "other".into() };
+        assert!(s.holds(&changed) && !s.only_stopped(&changed));
+        let stopped = Condition::ContainerOutdated { name: "p-pg".into(), spec: "spec2".into() };
+        assert!(s.holds(&stopped) && s.only_stopped(&stopped));
+        assert!(!s.holds(&Condition::FirewallDiffers { marker: "f00d".into() }));
+    }
+
+    #[test]
+    fn an_unhooked_chain_is_no_firewall() {
+        let s = HostState::parse("@docker 1\n@firewall\nprovision f00d\n");
+        assert!(s.holds(&Condition::FirewallDiffers { marker: "f00d".into() }));
+    }
+
+    #[test]
+    fn missing_docker_makes_everything_pending() {
+        let s = HostState::blank();
+        assert!(s.holds(&Condition::DockerNotRunning));
+        assert!(s.holds(&Condition::NetworkMissing { name: "p".into() }));
+    }
+}
