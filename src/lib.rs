@@ -4,4 +4,5 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod machines;
 pub mod transport;
