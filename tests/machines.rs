@@ -222,7 +222,7 @@ async fn up_is_reachable_with_strict_host_keys_idempotent_and_down_cleans_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_reaches_the_guest_on_loopback_and_stopped_machines_start() {
+async fn a_forward_reaches_the_guest_on_loopback_stopped_machines_start_changed_ones_refuse() {
     let Some(lab) = Lab::new().await else { return };
     let host_port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -261,6 +261,16 @@ async fn a_forward_reaches_the_guest_on_loopback_and_stopped_machines_start() {
         status[0].container_id.as_ref()
     );
     assert_eq!(lab.ssh_ok(specs[0].address, "hostname").trim(), "gate");
+    assert!(lab.playground.status(&specs).await.unwrap()[0].matches_spec);
+
+    // A machine is not silently re-created when its spec changes.
+    let mut changed = specs[0].clone();
+    changed.forwards.clear();
+    let changed = [changed];
+    assert!(!lab.playground.status(&changed).await.unwrap()[0].matches_spec);
+    let err = lab.playground.up(&changed).await.unwrap_err().to_string();
+    assert!(err.contains("was created as"), "{err}");
+    assert!(err.contains(&format!("forwards={host_port}:22")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

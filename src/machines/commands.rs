@@ -2,7 +2,7 @@
 //! Nothing here runs anything; `docker.rs` does. Pure.
 
 use super::image::{MachineImage, LABEL_BASE_IMAGE, LABEL_CONTENT_HASH};
-use super::spec::{network_name, Init, MachineSpec, LABEL_MACHINE, LABEL_PROJECT};
+use super::spec::{network_name, Init, MachineSpec, LABEL_MACHINE, LABEL_PROJECT, LABEL_SPEC};
 
 fn words(list: &[&str]) -> Vec<String> {
     list.iter().map(|w| w.to_string()).collect()
@@ -53,6 +53,8 @@ pub fn run_machine(spec: &MachineSpec, image: &MachineImage) -> Vec<String> {
     cmd.push(format!("{LABEL_PROJECT}={}", spec.project));
     cmd.push("--label".into());
     cmd.push(format!("{LABEL_MACHINE}={}", spec.name));
+    cmd.push("--label".into());
+    cmd.push(format!("{LABEL_SPEC}={}", spec.fingerprint()));
     cmd.push("--network".into());
     cmd.push(network_name(&spec.project));
     cmd.push("--ip".into());
@@ -117,13 +119,13 @@ pub fn exec_script(container: &str, script: &str, stdin: bool) -> Vec<String> {
     cmd
 }
 
-/// Inspect a container: id, state and address on the project network, one line.
+/// Inspect a container: `ID STATUS SPEC-FINGERPRINT...` on one line.
 pub fn inspect_container(spec: &MachineSpec) -> Vec<String> {
     vec![
         "container".into(),
         "inspect".into(),
         "--format".into(),
-        "{{.Id}} {{.State.Status}}".into(),
+        format!("{{{{.Id}}}} {{{{.State.Status}}}} {{{{index .Config.Labels \"{LABEL_SPEC}\"}}}}"),
         spec.container_name(),
     ]
 }
@@ -160,6 +162,7 @@ mod tests {
         let expected = format!(
             "run --detach --name demo-web --hostname web \
              --label dev.provision.project=demo --label dev.provision.machine=web \
+             --label 'dev.provision.spec=init=systemd address=10.213.4.10 forwards=8080:80' \
              --network demo-machines --ip 10.213.4.10 --restart unless-stopped \
              --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
              --security-opt apparmor=unconfined --device-cgroup-rule 'a *:* rwm' \

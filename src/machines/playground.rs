@@ -61,6 +61,9 @@ pub struct MachineStatus {
     pub container_id: Option<String>,
     pub address: Ipv4Addr,
     pub state: MachineState,
+    /// False when the container was created from a different spec (init,
+    /// address or forwards); `up` refuses such a machine until it is downed.
+    pub matches_spec: bool,
 }
 
 /// The project's playground. `state_dir` is the project's `.provision/`
@@ -168,17 +171,31 @@ impl Playground {
         public_key: &str,
     ) -> Result<(MachineInfo, String), Error> {
         let container = spec.container_name();
-        let (action, container_id) = match inspect(spec).await? {
+        let found = inspect(spec).await?;
+        if let Some(found) = &found {
+            if found.fingerprint != spec.fingerprint() {
+                return Err(Error::Invalid(format!(
+                    "machine {}: its container was created as `{}` but the inventory now says \
+                     `{}`; run `down` for it (its /var/lib/docker volume is kept) and `up` again",
+                    spec.name,
+                    found.fingerprint,
+                    spec.fingerprint()
+                )));
+            }
+        }
+        let (action, container_id) = match found {
             None => {
                 docker::run(&commands::create_volume(spec), None).await?;
                 let image = MachineImage::new(spec.init, &self.base_image);
                 let id = docker::run(&commands::run_machine(spec, &image), None).await?;
                 (UpAction::Created, id.trim().to_string())
             }
-            Some((id, MachineState::Running)) => (UpAction::AlreadyRunning, id),
-            Some((id, _)) => {
+            Some(found) if found.state == MachineState::Running => {
+                (UpAction::AlreadyRunning, found.id)
+            }
+            Some(found) => {
                 docker::run(&["start".into(), container.clone()], None).await?;
-                (UpAction::Started, id)
+                (UpAction::Started, found.id)
             }
         };
         let authorize = commands::exec_script(&container, commands::AUTHORIZE_KEY_SCRIPT, true);
@@ -242,16 +259,27 @@ impl Playground {
                 name: spec.name.clone(),
                 container: spec.container_name(),
                 address: spec.address,
-                state: found.as_ref().map_or(MachineState::Absent, |(_, s)| *s),
-                container_id: found.map(|(id, _)| id),
+                state: found.as_ref().map_or(MachineState::Absent, |f| f.state),
+                matches_spec: found
+                    .as_ref()
+                    .is_none_or(|f| f.fingerprint == spec.fingerprint()),
+                container_id: found.map(|f| f.id),
             })
         }))
         .await
     }
 }
 
-/// The container's id and state, or None when it does not exist.
-async fn inspect(spec: &MachineSpec) -> Result<Option<(String, MachineState)>, Error> {
+/// A machine's container as the engine reports it.
+struct Found {
+    id: String,
+    state: MachineState,
+    /// The spec fingerprint it was created from (empty if unlabelled).
+    fingerprint: String,
+}
+
+/// The machine's container, or None when it does not exist.
+async fn inspect(spec: &MachineSpec) -> Result<Option<Found>, Error> {
     let args = commands::inspect_container(spec);
     let out = docker::output(&args, None).await?;
     if !out.success {
@@ -261,13 +289,19 @@ async fn inspect(spec: &MachineSpec) -> Result<Option<(String, MachineState)>, E
             Err(docker::failed(&args, &out))
         };
     }
-    let mut fields = out.stdout.split_whitespace();
+    let line = out.stdout.trim();
+    let mut fields = line.splitn(3, ' ');
     let id = fields.next().unwrap_or_default().to_string();
     let state = match fields.next() {
         Some("running") | Some("restarting") => MachineState::Running,
         _ => MachineState::Stopped,
     };
-    Ok(Some((id, state)))
+    let fingerprint = fields.next().unwrap_or_default().trim().to_string();
+    Ok(Some(Found {
+        id,
+        state,
+        fingerprint,
+    }))
 }
 
 /// Create the project's network on `subnet`, or check the existing one uses it.
@@ -324,8 +358,8 @@ async fn wait_for_sshd(spec: &MachineSpec) -> Result<String, Error> {
         if out.success && out.stdout.starts_with("ssh-ed25519 ") {
             return Ok(out.stdout.trim().to_string());
         }
-        let state = inspect(spec).await?;
-        if !matches!(state, Some((_, MachineState::Running))) || Instant::now() > deadline {
+        let running = matches!(inspect(spec).await?, Some(f) if f.state == MachineState::Running);
+        if !running || Instant::now() > deadline {
             let logs = docker::output(
                 &[
                     "logs".into(),

@@ -57,6 +57,8 @@ pub struct MachineSpec {
 pub const LABEL_PROJECT: &str = "dev.provision.project";
 /// Label naming the machine on its container and volume.
 pub const LABEL_MACHINE: &str = "dev.provision.machine";
+/// Label holding the spec a container was created from (`MachineSpec::fingerprint`).
+pub const LABEL_SPEC: &str = "dev.provision.spec";
 
 impl MachineSpec {
     /// A systemd machine with no forwards.
@@ -73,6 +75,22 @@ impl MachineSpec {
     /// Container name: `PROJECT-NAME`.
     pub fn container_name(&self) -> String {
         format!("{}-{}", self.project, self.name)
+    }
+
+    /// What a container cannot change once created, in words:
+    /// `init=systemd address=10.213.4.10 forwards=8080:80,2222:22`.
+    pub fn fingerprint(&self) -> String {
+        let forwards: Vec<String> = self
+            .forwards
+            .iter()
+            .map(|f| format!("{}:{}", f.host_port, f.guest_port))
+            .collect();
+        format!(
+            "init={} address={} forwards={}",
+            self.init,
+            self.address,
+            forwards.join(",")
+        )
     }
 
     /// Named volume mounted at /var/lib/docker: `PROJECT-NAME-docker`.
@@ -184,6 +202,15 @@ mod tests {
         assert_eq!(s.container_name(), "demo-web");
         assert_eq!(s.volume_name(), "demo-web-docker");
         assert_eq!(network_name("demo"), "demo-machines");
+        let mut s = s;
+        s.forwards.push(PortForward {
+            host_port: 8080,
+            guest_port: 80,
+        });
+        assert_eq!(
+            s.fingerprint(),
+            "init=systemd address=10.213.4.10 forwards=8080:80"
+        );
     }
 
     #[test]
