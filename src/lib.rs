@@ -16,4 +16,5 @@ pub mod probe;
 pub mod progress;
 pub mod secrets;
 pub mod templates;
+pub mod machines;
 pub mod transport;
