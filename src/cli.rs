@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::diagnostics::Diagnostic;
+use crate::inventory::Inventory;
 use crate::load::{self, Loaded};
 use crate::plan::{self, Plan};
 use crate::plan_output;
+use crate::run;
 use crate::secrets::Generate;
 
 /// Exit codes: 0 done, 1 a host failed, 2 bad input (nothing was run).
@@ -71,18 +73,21 @@ pub fn run() -> i32 {
     match &cli.command {
         Some(Command::Plan { json }) => dry_run(&cli, *json, &env),
         None | Some(Command::Up) if cli.dry_run => dry_run(&cli, cli.json, &env),
-        _ => {
+        Some(Command::Down { volumes }) => {
+            let volumes = *volumes;
+            with_inventory(&cli, |inv| async move { down(&inv, volumes).await })
+        }
+        Some(Command::Status) => with_inventory(&cli, |inv| async move { status(&inv).await }),
+        None | Some(Command::Up) => {
             let loaded = match load::load(&cli.hosts, &env, Generate::Store) {
                 Ok(l) => l,
                 Err(d) => return bad_input(&d),
             };
-            if let Err(code) = build_plan(&loaded) {
-                return code;
-            }
-            eprintln!(
-                "provision: running on hosts is not available in this build yet; use --dry-run"
-            );
-            EXIT_FAILED
+            let plan = match build_plan(&loaded) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            runtime().block_on(up(&cli, &loaded, plan))
         }
     }
 }
@@ -141,4 +146,144 @@ pub fn bad_input(diags: &[Diagnostic]) -> i32 {
         if n == 1 { "" } else { "s" }
     );
     EXIT_BAD_INPUT
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Commands that need only the inventory (no secrets, no templates).
+fn with_inventory<F, Fut>(cli: &Cli, f: F) -> i32
+where
+    F: FnOnce(Inventory) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    let source = match std::fs::read_to_string(&cli.hosts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: cannot read: {e}", cli.hosts.display());
+            return EXIT_BAD_INPUT;
+        }
+    };
+    match crate::inventory::parse(&cli.hosts, &source) {
+        Ok(inv) => runtime().block_on(f(inv)),
+        Err(d) => bad_input(&d),
+    }
+}
+
+async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
+    let inv = &loaded.inventory;
+    if let Err(e) = run::machines_up(inv).await {
+        eprintln!("error: {e}");
+        return EXIT_FAILED;
+    }
+    if cli.machines_only {
+        for h in &inv.hosts {
+            println!(
+                "{:<10} {} (ssh {}@{} -p {})",
+                h.name, h.address, h.user, h.address, h.port
+            );
+        }
+        return EXIT_OK;
+    }
+    let reports = run::up(loaded, &plan).await;
+    print!("{}", loaded.secrets.mask(&run::summary(&reports, inv)));
+    if reports.iter().all(|r| r.ok()) {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+async fn down(inv: &Inventory, volumes: bool) -> i32 {
+    let specs = run::machine_specs(inv);
+    if specs.is_empty() {
+        eprintln!(
+            "provision: no local machines in {}: nothing to remove",
+            inv.file.display()
+        );
+        return EXIT_OK;
+    }
+    let p = match run::playground(inv) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match p.down(&specs, volumes).await {
+        Ok(()) => {
+            for s in &specs {
+                let extra = if volumes { " and its volumes" } else { "" };
+                println!("removed machine {} ({}){extra}", s.name, s.address);
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn status(inv: &Inventory) -> i32 {
+    use crate::transport::{Exec, SshTransport, Transport};
+    let specs = run::machine_specs(inv);
+    if !specs.is_empty() {
+        if let Ok(p) = run::playground(inv) {
+            match p.status(&specs).await {
+                Ok(list) => {
+                    for m in list {
+                        println!("machine {:<10} {:<15} {:?}", m.name, m.address, m.state);
+                    }
+                }
+                Err(e) => eprintln!("machines: {e}"),
+            }
+        }
+    }
+    let line = crate::commands::shell(&crate::commands::argv([
+        "docker".to_string(),
+        "ps".into(),
+        "-a".into(),
+        "--filter".into(),
+        format!(
+            "label={}={}",
+            crate::commands::PROJECT_LABEL,
+            inv.project.name
+        ),
+        "--format".into(),
+        "{{.Names}}\t{{.Status}}".into(),
+    ]));
+    let mut code = EXIT_OK;
+    for h in &inv.hosts {
+        let out = match SshTransport::connect(run::ssh_target(inv, h)).await {
+            Ok(t) => t
+                .exec(Exec::new(line.clone()))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match out {
+            Ok(o) if o.success() => {
+                println!("host {} ({}):", h.name, h.address);
+                for l in o.stdout_str().lines() {
+                    println!("  {l}");
+                }
+            }
+            Ok(o) => println!(
+                "host {} ({}): docker: {}",
+                h.name,
+                h.address,
+                o.stderr_str().trim()
+            ),
+            Err(e) => {
+                println!("host {} ({}): unreachable: {e}", h.name, h.address);
+                code = EXIT_FAILED;
+            }
+        }
+    }
+    code
 }

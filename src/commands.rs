@@ -82,7 +82,7 @@ pub fn probe(project: &str, bases: &[String]) -> String {
     let bases_check: String = bases
         .iter()
         .map(|b| {
-            let q = shell(&[b.clone()]);
+            let q = shell(std::slice::from_ref(b));
             format!("docker image inspect {q} >/dev/null 2>&1 && echo {q}; ")
         })
         .collect();

@@ -113,9 +113,21 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
         let progress = progress.clone();
         async move {
             let t = h.transport.as_ref().ok()?;
-            let bases: BTreeSet<String> = h.plan.steps.iter().flat_map(|s| s.bases.iter().cloned()).collect();
+            let bases: BTreeSet<String> = h
+                .plan
+                .steps
+                .iter()
+                .flat_map(|s| s.bases.iter().cloned())
+                .collect();
             let line = commands::probe(&plan.project, &bases.into_iter().collect::<Vec<_>>());
-            match t.exec(Exec::new(line).timeout(Duration::from_secs(60)).idempotent(true)).await {
+            match t
+                .exec(
+                    Exec::new(line)
+                        .timeout(Duration::from_secs(60))
+                        .idempotent(true),
+                )
+                .await
+            {
                 Ok(out) if out.success() => Some(Ok(HostState::parse(&out.stdout_str()))),
                 Ok(out) => Some(Err(format!("probe failed: {}", out.stderr_str().trim()))),
                 Err(e) => {
@@ -144,7 +156,10 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
     let all_steps: Vec<&Step> = hosts.iter().flat_map(|h| h.plan.steps.iter()).collect();
     for s in all_steps.iter().filter(|s| s.kind == StepKind::Ready) {
         let run_id = s.id.replace("/ready", "/run");
-        let needed = pending.contains(&run_id) || all_steps.iter().any(|d| d.needs.contains(&s.id) && pending.contains(&d.id));
+        let needed = pending.contains(&run_id)
+            || all_steps
+                .iter()
+                .any(|d| d.needs.contains(&s.id) && pending.contains(&d.id));
         if needed {
             pending.insert(s.id.clone());
         }
@@ -161,7 +176,12 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
         let pending = pending.clone();
         let known = known.clone();
         async move {
-            let mut ctx = HostRun { host: h.plan.host.clone(), board, progress, report: HostReport::default() };
+            let mut ctx = HostRun {
+                host: h.plan.host.clone(),
+                board,
+                progress,
+                report: HostReport::default(),
+            };
             ctx.report.host = h.plan.host.clone();
             let state = match (&h.transport, probe) {
                 (Ok(t), Some(Ok(state))) => Ok((t.clone(), state)),
@@ -197,12 +217,19 @@ impl HostRun {
         match &o {
             Outcome::Changed => self.report.changed.push(step.summary.clone()),
             Outcome::Unchanged => self.report.unchanged += 1,
-            Outcome::Skipped(why) => self.report.skipped.push((step.summary.clone(), why.clone())),
+            Outcome::Skipped(why) => self
+                .report
+                .skipped
+                .push((step.summary.clone(), why.clone())),
             Outcome::Failed(why) => {
-                self.progress.status(&self.host, &format!("FAILED: {}: {why}", step.summary));
+                self.progress
+                    .status(&self.host, &format!("FAILED: {}: {why}", step.summary));
                 self.report.failed.push((step.summary.clone(), why.clone()))
             }
-            Outcome::Blocked(why) => self.report.blocked.push((step.summary.clone(), why.clone())),
+            Outcome::Blocked(why) => self
+                .report
+                .blocked
+                .push((step.summary.clone(), why.clone())),
         }
         self.board.set(&step.id, o);
     }
@@ -271,13 +298,18 @@ impl HostRun {
                 self.finish(step, o);
                 continue;
             }
-            self.progress.status(&self.host, &format!("{} ...", step.summary));
+            self.progress
+                .status(&self.host, &format!("{} ...", step.summary));
             let started = Instant::now();
             let o = match self.run_step(t, step, state).await {
                 Ok(()) => {
                     self.progress.status(
                         &self.host,
-                        &format!("{} done ({:.1} s)", step.summary, started.elapsed().as_secs_f64()),
+                        &format!(
+                            "{} done ({:.1} s)",
+                            step.summary,
+                            started.elapsed().as_secs_f64()
+                        ),
                     );
                     // A readiness wait changes nothing on the host.
                     if step.kind == StepKind::Ready {
@@ -292,29 +324,56 @@ impl HostRun {
         }
     }
 
-    async fn run_step(&self, t: &dyn Transport, step: &Step, state: &HostState) -> Result<(), String> {
+    async fn run_step(
+        &self,
+        t: &dyn Transport,
+        step: &Step,
+        state: &HostState,
+    ) -> Result<(), String> {
         let deadline = timeout_for(step.kind);
         // A stopped container whose spec is current only needs a start.
         if step.kind == StepKind::Run && state.only_stopped(&step.when) {
             if let crate::plan::Condition::ContainerOutdated { name, .. } = &step.when {
-                return self.exec(t, &commands::shell(&commands::start_container(name)), None, deadline).await;
+                return self
+                    .exec(
+                        t,
+                        &commands::shell(&commands::start_container(name)),
+                        None,
+                        deadline,
+                    )
+                    .await;
             }
         }
         for a in &step.actions {
             match a {
-                Action::Run { line } | Action::Fetch { line } => self.exec(t, line, None, deadline).await?,
-                Action::Script { line, script } => self.exec(t, line, Some(script.as_bytes().to_vec()), deadline).await?,
+                Action::Run { line } | Action::Fetch { line } => {
+                    self.exec(t, line, None, deadline).await?
+                }
+                Action::Script { line, script } => {
+                    self.exec(t, line, Some(script.as_bytes().to_vec()), deadline)
+                        .await?
+                }
                 Action::Upload { dir, files, .. } => {
                     let tar = tar_of(files).map_err(|e| format!("cannot pack {dir}: {e}"))?;
-                    self.exec(t, &commands::untar_into(dir), Some(tar), deadline).await?
+                    self.exec(t, &commands::untar_into(dir), Some(tar), deadline)
+                        .await?
                 }
-                Action::WaitReady { line, timeout_secs } => self.wait_ready(t, line, Duration::from_secs(*timeout_secs)).await?,
+                Action::WaitReady { line, timeout_secs } => {
+                    self.wait_ready(t, line, Duration::from_secs(*timeout_secs))
+                        .await?
+                }
             }
         }
         Ok(())
     }
 
-    async fn exec(&self, t: &dyn Transport, line: &str, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<(), String> {
+    async fn exec(
+        &self,
+        t: &dyn Transport,
+        line: &str,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let progress = self.progress.clone();
         let host = self.host.clone();
         let mut req = Exec::new(line)
@@ -327,22 +386,47 @@ impl HostRun {
         if out.success() {
             Ok(())
         } else {
-            Err(failure(line, &out.stderr_str(), &out.stdout_str(), out.status))
+            Err(failure(
+                line,
+                &out.stderr_str(),
+                &out.stdout_str(),
+                out.status,
+            ))
         }
     }
 
     /// Poll until the probe succeeds or the deadline passes.
-    async fn wait_ready(&self, t: &dyn Transport, line: &str, limit: Duration) -> Result<(), String> {
+    async fn wait_ready(
+        &self,
+        t: &dyn Transport,
+        line: &str,
+        limit: Duration,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         loop {
-            let last = match t.exec(Exec::new(line).timeout(Duration::from_secs(30)).idempotent(true)).await {
+            let last = match t
+                .exec(
+                    Exec::new(line)
+                        .timeout(Duration::from_secs(30))
+                        .idempotent(true),
+                )
+                .await
+            {
                 Ok(out) if out.success() => return Ok(()),
                 Ok(out) => out.stderr_str().trim().to_string(),
                 Err(e @ TransportError::Timeout { .. }) => e.to_string(),
                 Err(e) => return Err(e.to_string()),
             };
             if Instant::now() >= deadline {
-                return Err(format!("not ready after {} s{}", limit.as_secs(), if last.is_empty() { String::new() } else { format!(": {last}") }));
+                return Err(format!(
+                    "not ready after {} s{}",
+                    limit.as_secs(),
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {last}")
+                    }
+                ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -350,34 +434,59 @@ impl HostRun {
 
     async fn ensure_base(&self, t: &dyn Transport, image: &str) -> Result<(), String> {
         if local_has_image(image).await {
-            self.progress.status(&self.host, &format!("shipping image {image} from this computer (docker save | docker load)"));
+            self.progress.status(
+                &self.host,
+                &format!("shipping image {image} from this computer (docker save | docker load)"),
+            );
             return ship_image(t, image).await;
         }
-        self.progress.status(&self.host, &format!("pulling image {image} on the host"));
+        self.progress
+            .status(&self.host, &format!("pulling image {image} on the host"));
         let line = commands::shell(&commands::argv(["docker", "pull", image]));
-        match t.exec(Exec::new(line).timeout(Duration::from_secs(600))).await {
+        match t
+            .exec(Exec::new(line).timeout(Duration::from_secs(600)))
+            .await
+        {
             Ok(out) if out.success() => Ok(()),
-            Ok(out) => Err(format!("image {image} is not on the host and cannot be pulled: {}", last_line(&out.stderr_str()))),
+            Ok(out) => Err(format!(
+                "image {image} is not on the host and cannot be pulled: {}",
+                last_line(&out.stderr_str())
+            )),
             Err(e) => Err(e.to_string()),
         }
     }
 }
 
 fn last_line(s: &str) -> String {
-    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 /// A failure message: the command's first word and the tail of its error
 /// output (never the whole line, which may be long).
 fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> String {
     let what = crate::transport::command_label(line);
-    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
     let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = tail[tail.len().saturating_sub(5)..].join("\n    ");
     format!(
         "`{what}` exited with {}{}",
-        status.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into()),
-        if tail.is_empty() { String::new() } else { format!(":\n    {tail}") }
+        status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "a signal".into()),
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(":\n    {tail}")
+        }
     )
 }
 
@@ -402,7 +511,11 @@ pub async fn ship_image(t: &dyn Transport, image: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot run docker save: {e}"))?;
     let stdout = child.stdout.take().expect("piped");
     let out = t
-        .exec(Exec::new("docker load").stdin_reader(Box::new(stdout)).timeout(Duration::from_secs(900)))
+        .exec(
+            Exec::new("docker load")
+                .stdin_reader(Box::new(stdout))
+                .timeout(Duration::from_secs(900)),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let saved = child.wait().await.map_err(|e| e.to_string())?;
@@ -410,7 +523,10 @@ pub async fn ship_image(t: &dyn Transport, image: &str) -> Result<(), String> {
         return Err(format!("docker save {image} failed here"));
     }
     if !out.success() {
-        return Err(format!("docker load of {image} failed: {}", last_line(&out.stderr_str())));
+        return Err(format!(
+            "docker load of {image} failed: {}",
+            last_line(&out.stderr_str())
+        ));
     }
     Ok(())
 }

@@ -683,7 +683,10 @@ pub fn from_images(dockerfile: &str) -> Vec<String> {
         }
         let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
         let Some(image) = rest.first() else { continue };
-        if !stages.iter().any(|s| s == image) && !out.iter().any(|o: &String| o == image) && *image != "scratch" {
+        if !stages.iter().any(|s| s == image)
+            && !out.iter().any(|o: &String| o == image)
+            && *image != "scratch"
+        {
             out.push(image.to_string());
         }
         if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("AS") {

@@ -73,9 +73,17 @@ impl HostState {
                 }
                 "containers" => {
                     let mut parts = line.split('\t');
-                    let (Some(name), Some(state)) = (parts.next(), parts.next()) else { continue };
+                    let (Some(name), Some(state)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
                     let spec = parts.next().unwrap_or("").to_string();
-                    s.containers.insert(name.to_string(), ContainerState { running: state == "running", spec });
+                    s.containers.insert(
+                        name.to_string(),
+                        ContainerState {
+                            running: state == "running",
+                            spec,
+                        },
+                    );
                 }
                 "networks" => {
                     s.networks.insert(line.to_string());
@@ -151,7 +159,13 @@ mod tests {
         let s = HostState::parse(SAMPLE);
         assert_eq!(s.docker, DockerState::Running("20.10.24".into()));
         assert!(s.images.contains("p-redis:abc"));
-        assert_eq!(s.containers["p-pg"], ContainerState { running: false, spec: "spec2".into() });
+        assert_eq!(
+            s.containers["p-pg"],
+            ContainerState {
+                running: false,
+                spec: "spec2".into()
+            }
+        );
         assert!(s.networks.contains("p") && s.volumes.contains("pgdata"));
         assert_eq!(s.firewall.as_deref(), Some("f00d"));
         assert!(s.bases.contains("debian:bookworm"));
@@ -161,21 +175,38 @@ mod tests {
     fn conditions_follow_the_state() {
         let s = HostState::parse(SAMPLE);
         assert!(!s.holds(&Condition::DockerNotRunning));
-        assert!(!s.holds(&Condition::ImageMissing { tag: "p-redis:abc".into() }));
-        assert!(s.holds(&Condition::ImageMissing { tag: "p-redis:def".into() }));
-        let same = Condition::ContainerOutdated { name: "p-redis".into(), spec: "spec1".into() };
+        assert!(!s.holds(&Condition::ImageMissing {
+            tag: "p-redis:abc".into()
+        }));
+        assert!(s.holds(&Condition::ImageMissing {
+            tag: "p-redis:def".into()
+        }));
+        let same = Condition::ContainerOutdated {
+            name: "p-redis".into(),
+            spec: "spec1".into(),
+        };
         assert!(!s.holds(&same));
-        let changed = Condition::ContainerOutdated { name: "p-redis".into(), spec: "other".into() };
+        let changed = Condition::ContainerOutdated {
+            name: "p-redis".into(),
+            spec: "other".into(),
+        };
         assert!(s.holds(&changed) && !s.only_stopped(&changed));
-        let stopped = Condition::ContainerOutdated { name: "p-pg".into(), spec: "spec2".into() };
+        let stopped = Condition::ContainerOutdated {
+            name: "p-pg".into(),
+            spec: "spec2".into(),
+        };
         assert!(s.holds(&stopped) && s.only_stopped(&stopped));
-        assert!(!s.holds(&Condition::FirewallDiffers { marker: "f00d".into() }));
+        assert!(!s.holds(&Condition::FirewallDiffers {
+            marker: "f00d".into()
+        }));
     }
 
     #[test]
     fn an_unhooked_chain_is_no_firewall() {
         let s = HostState::parse("@docker 1\n@firewall\nprovision f00d\n");
-        assert!(s.holds(&Condition::FirewallDiffers { marker: "f00d".into() }));
+        assert!(s.holds(&Condition::FirewallDiffers {
+            marker: "f00d".into()
+        }));
     }
 
     #[test]

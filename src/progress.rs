@@ -11,14 +11,20 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::secrets::Secrets;
 
+/// One bar per host, under one multi-bar.
+type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
+
 pub struct Progress {
     secrets: Secrets,
-    bars: Option<(MultiProgress, Mutex<Vec<(String, ProgressBar)>>)>,
+    bars: Option<Bars>,
     log: Mutex<Option<std::fs::File>>,
 }
 
 fn clock() -> String {
-    let s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
@@ -33,8 +39,9 @@ impl Progress {
         });
         let bars = tty.then(|| {
             let multi = MultiProgress::new();
-            let style = ProgressStyle::with_template("{spinner} {prefix:<10} {elapsed:>4} {wide_msg}")
-                .expect("a valid template");
+            let style =
+                ProgressStyle::with_template("{spinner} {prefix:<10} {elapsed:>4} {wide_msg}")
+                    .expect("a valid template");
             let bars = hosts
                 .iter()
                 .map(|h| {
@@ -47,7 +54,11 @@ impl Progress {
                 .collect();
             (multi, Mutex::new(bars))
         });
-        Progress { secrets, bars, log: Mutex::new(log) }
+        Progress {
+            secrets,
+            bars,
+            log: Mutex::new(log),
+        }
     }
 
     fn to_log(&self, line: &str) {
@@ -82,7 +93,9 @@ impl Progress {
     pub fn output(&self, host: &str, line: &str) {
         let line = self.secrets.mask(line);
         self.to_log(&format!("{host}| {line}"));
-        self.bar(host, |b| b.set_message(format!("| {}", line.chars().take(100).collect::<String>())));
+        self.bar(host, |b| {
+            b.set_message(format!("| {}", line.chars().take(100).collect::<String>()))
+        });
     }
 
     pub fn host_done(&self, host: &str, summary: &str) {
