@@ -51,7 +51,12 @@ pub fn install_docker(source: &str) -> Vec<String> {
 /// volumes. Parsed by [`crate::probe::HostState::parse`].
 pub fn probe(project: &str, bases: &[String]) -> String {
     let filter = format!("label={PROJECT_LABEL}={project}");
-    let docker_info = shell(&argv(["docker", "info", "--format", "{{.ServerVersion}}"]));
+    let version = shell(&argv([
+        "docker",
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]));
     let images = shell(&argv([
         "docker",
         "images",
@@ -83,21 +88,47 @@ pub fn probe(project: &str, bases: &[String]) -> String {
         .iter()
         .map(|b| {
             let q = shell(std::slice::from_ref(b));
-            format!("docker image inspect {q} >/dev/null 2>&1 && echo {q}; ")
+            format!(
+                "{{ docker image inspect {q} >/dev/null 2>&1 && echo {q}; }} >\"$d/b.{}\" & ",
+                hex::encode(b)
+            )
         })
         .collect();
+    let unpullable = shell(&[unpullable_file(project)]);
     let chain = firewall_chain(project);
     let firewall = format!(
         "{} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked",
         shell(&argv(["iptables", "-w", "-S", &chain])),
         shell(&argv(["iptables", "-w", "-C", "DOCKER-USER", "-j", &chain]))
     );
+    // The docker queries run side by side (each costs a CLI start and an
+    // API round trip), then print in a fixed order.
     format!(
         "if ! command -v docker >/dev/null 2>&1; then echo '@docker missing'; exit 0; fi; \
-         v=$({docker_info} 2>/dev/null) || {{ echo '@docker stopped'; exit 0; }}; echo \"@docker $v\"; \
-         echo '@images'; {images}; echo '@containers'; {containers}; \
-         echo '@networks'; {networks}; echo '@volumes'; {volumes}; echo '@firewall'; {firewall}; \
-         echo '@bases'; {bases_check}true"
+         d=$(mktemp -d) || exit 1; \
+         {version} >\"$d/v\" 2>/dev/null & {images} >\"$d/i\" 2>/dev/null & \
+         {containers} >\"$d/c\" 2>/dev/null & {networks} >\"$d/n\" 2>/dev/null & \
+         {volumes} >\"$d/vol\" 2>/dev/null & {bases_check}wait; \
+         if [ ! -s \"$d/v\" ]; then echo '@docker stopped'; rm -rf \"$d\"; exit 0; fi; \
+         echo \"@docker $(cat \"$d/v\")\"; echo '@images'; cat \"$d/i\"; echo '@containers'; cat \"$d/c\"; \
+         echo '@networks'; cat \"$d/n\"; echo '@volumes'; cat \"$d/vol\"; echo '@firewall'; {firewall}; \
+         echo '@bases'; cat \"$d\"/b.* 2>/dev/null; rm -rf \"$d\"; \
+         echo '@unpullable'; cat {unpullable} 2>/dev/null; echo \"@now $(date +%s)\"; true"
+    )
+}
+
+pub fn unpullable_file(project: &str) -> String {
+    format!("{}/unpullable", remote_root(project))
+}
+
+/// Remember that `image` could not be pulled, with the host's time.
+pub fn remember_unpullable(project: &str, image: &str) -> String {
+    let file = unpullable_file(project);
+    format!(
+        "mkdir -p {} && printf '%s %s\\n' {} \"$(date +%s)\" >> {}",
+        shell(&[remote_root(project)]),
+        shell(&[image.to_string()]),
+        shell(&[file])
     )
 }
 

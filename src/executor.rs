@@ -89,6 +89,9 @@ impl Board {
     }
 }
 
+/// A host that could not pull an image is not asked again for this long.
+pub const RETRY_PULL_AFTER_SECS: u64 = 3600;
+
 /// Per-step limits: a quiet build is never killed for silence, only for
 /// running past these.
 fn timeout_for(kind: StepKind) -> Duration {
@@ -178,6 +181,7 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
         async move {
             let mut ctx = HostRun {
                 host: h.plan.host.clone(),
+                project: plan.project.clone(),
                 board,
                 progress,
                 report: HostReport::default(),
@@ -207,6 +211,7 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
 
 struct HostRun {
     host: String,
+    project: String,
     board: Arc<Board>,
     progress: Arc<Progress>,
     report: HostReport,
@@ -217,10 +222,11 @@ impl HostRun {
         match &o {
             Outcome::Changed => self.report.changed.push(step.summary.clone()),
             Outcome::Unchanged => self.report.unchanged += 1,
-            Outcome::Skipped(why) => self
-                .report
-                .skipped
-                .push((step.summary.clone(), why.clone())),
+            // Skips are reported per service: one line for its three steps.
+            Outcome::Skipped(why) => self.report.skipped.push((
+                step.service.clone().unwrap_or_else(|| step.summary.clone()),
+                why.clone(),
+            )),
             Outcome::Failed(why) => {
                 self.progress
                     .status(&self.host, &format!("FAILED: {}: {why}", step.summary));
@@ -243,7 +249,6 @@ impl HostRun {
         known: &HashSet<String>,
     ) {
         let mut bases = state.bases.clone();
-        let mut upstream_note: Option<String> = None;
         for step in &plan.steps {
             // Wait for what this step needs, here or on other hosts.
             let mut blocked = None;
@@ -272,7 +277,7 @@ impl HostRun {
             let mut missing_base = None;
             let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
             for b in wanted {
-                match self.ensure_base(t, b).await {
+                match self.ensure_base(t, b, state).await {
                     Ok(()) => {
                         bases.insert(b.clone());
                     }
@@ -284,13 +289,9 @@ impl HostRun {
             }
             if let Some(e) = missing_base {
                 let o = if step.upstream {
-                    if upstream_note.is_none() {
-                        let note = format!(
-                            "upstream images cannot be had on this host ({e}); fluentd/elasticsearch/kibana-style services built from them are skipped"
-                        );
-                        self.progress.status(&self.host, &note);
-                        upstream_note = Some(note);
-                    }
+                    let service = step.service.clone().unwrap_or_default();
+                    self.progress
+                        .status(&self.host, &format!("skipping {service}: {e}"));
                     Outcome::Skipped(e)
                 } else {
                     Outcome::Failed(e)
@@ -432,13 +433,25 @@ impl HostRun {
         }
     }
 
-    async fn ensure_base(&self, t: &dyn Transport, image: &str) -> Result<(), String> {
+    async fn ensure_base(
+        &self,
+        t: &dyn Transport,
+        image: &str,
+        state: &HostState,
+    ) -> Result<(), String> {
         if local_has_image(image).await {
             self.progress.status(
                 &self.host,
                 &format!("shipping image {image} from this computer (docker save | docker load)"),
             );
             return ship_image(t, image).await;
+        }
+        if let Some(when) = state.recently_unpullable(image, RETRY_PULL_AFTER_SECS) {
+            let ago = state.now.saturating_sub(when);
+            return Err(format!(
+                "image {image} cannot be pulled on this host (tried {ago} s ago; tried again after {} min)",
+                RETRY_PULL_AFTER_SECS / 60
+            ));
         }
         self.progress
             .status(&self.host, &format!("pulling image {image} on the host"));
@@ -448,10 +461,14 @@ impl HostRun {
             .await
         {
             Ok(out) if out.success() => Ok(()),
-            Ok(out) => Err(format!(
-                "image {image} is not on the host and cannot be pulled: {}",
-                last_line(&out.stderr_str())
-            )),
+            Ok(out) => {
+                let remember = commands::remember_unpullable(&self.project, image);
+                let _ = t.exec(Exec::new(remember)).await;
+                Err(format!(
+                    "image {image} cannot be pulled on this host: {}",
+                    last_line(&out.stderr_str())
+                ))
+            }
             Err(e) => Err(e.to_string()),
         }
     }

@@ -30,6 +30,10 @@ pub struct HostState {
     pub firewall: Option<String>,
     /// Base images present on the host.
     pub bases: BTreeSet<String>,
+    /// Images the host recently failed to pull, with the time (epoch s).
+    pub unpullable: BTreeMap<String, u64>,
+    /// The host's clock (epoch s), to judge `unpullable` ages.
+    pub now: u64,
 }
 
 impl HostState {
@@ -43,6 +47,8 @@ impl HostState {
             volumes: BTreeSet::new(),
             firewall: None,
             bases: BTreeSet::new(),
+            unpullable: BTreeMap::new(),
+            now: 0,
         };
         let mut section = "";
         let mut marker = None;
@@ -57,9 +63,14 @@ impl HostState {
                 };
                 continue;
             }
+            if let Some(now) = line.strip_prefix("@now ") {
+                s.now = now.trim().parse().unwrap_or(0);
+                continue;
+            }
             if let Some(name) = line.strip_prefix('@') {
                 section = match name {
-                    "images" | "containers" | "networks" | "volumes" | "firewall" | "bases" => name,
+                    "images" | "containers" | "networks" | "volumes" | "firewall" | "bases"
+                    | "unpullable" => name,
                     _ => "",
                 };
                 continue;
@@ -101,6 +112,13 @@ impl HostState {
                 "bases" => {
                     s.bases.insert(line.to_string());
                 }
+                "unpullable" => {
+                    if let Some((image, when)) = line.rsplit_once(' ') {
+                        if let Ok(when) = when.parse() {
+                            s.unpullable.insert(image.to_string(), when);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -113,6 +131,14 @@ impl HostState {
     /// A host with nothing on it yet (Docker missing): every condition holds.
     pub fn blank() -> HostState {
         HostState::parse("@docker missing")
+    }
+
+    /// The host failed to pull `image` less than `within` seconds ago: do
+    /// not try again in this run (a no-op run stays quick on hosts without
+    /// registry access).
+    pub fn recently_unpullable(&self, image: &str, within: u64) -> Option<u64> {
+        let when = *self.unpullable.get(image)?;
+        (self.now.saturating_sub(when) < within).then_some(when)
     }
 
     pub fn docker_running(&self) -> bool {
@@ -152,7 +178,7 @@ impl HostState {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "@docker 20.10.24\n@images\np-redis:abc\n@containers\np-redis\trunning\tspec1\np-pg\texited\tspec2\n@networks\np\n@volumes\npgdata\n@firewall\nprovision f00d\nhooked\n@bases\ndebian:bookworm\n";
+    const SAMPLE: &str = "@docker 20.10.24\n@images\np-redis:abc\n@containers\np-redis\trunning\tspec1\np-pg\texited\tspec2\n@networks\np\n@volumes\npgdata\n@firewall\nprovision f00d\nhooked\n@bases\ndebian:bookworm\n@unpullable\nfluent/fluentd:v1 1000\n@now 1100\n";
 
     #[test]
     fn parses_every_section() {
@@ -169,6 +195,9 @@ mod tests {
         assert!(s.networks.contains("p") && s.volumes.contains("pgdata"));
         assert_eq!(s.firewall.as_deref(), Some("f00d"));
         assert!(s.bases.contains("debian:bookworm"));
+        assert_eq!(s.recently_unpullable("fluent/fluentd:v1", 3600), Some(1000));
+        assert_eq!(s.recently_unpullable("fluent/fluentd:v1", 50), None);
+        assert_eq!(s.recently_unpullable("other", 3600), None);
     }
 
     #[test]

@@ -181,11 +181,12 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
         for (what, why) in &r.blocked {
             out.push_str(&format!("  BLOCKED {what}: {why}\n"));
         }
-        let mut reasons: Vec<&String> = r.skipped.iter().map(|(_, why)| why).collect();
-        reasons.dedup();
-        for why in reasons {
-            let n = r.skipped.iter().filter(|(_, w)| w == why).count();
-            out.push_str(&format!("  skipped {n} steps: {why}\n"));
+        let mut seen: Vec<&String> = Vec::new();
+        for (service, why) in &r.skipped {
+            if !seen.contains(&service) {
+                seen.push(service);
+                out.push_str(&format!("  skipped {service}: {why}\n"));
+            }
         }
     }
     if reports.iter().all(|r| r.changed.is_empty() && r.ok()) {
@@ -198,7 +199,20 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
                 5601 => " (kibana)",
                 _ => "",
             };
-            if reports.iter().any(|r| r.host == h.name && r.ok()) {
+            // Only a forward to a service that runs is worth opening.
+            let serving = inv
+                .services_on(&h.name)
+                .find(|s| s.publish.iter().any(|p| p.host_port == f.guest));
+            let runs = reports.iter().any(|r| {
+                r.host == h.name
+                    && serving.is_some_and(|s| {
+                        !r.skipped.iter().any(|(name, _)| name == &s.name)
+                            && !r.failed.iter().chain(&r.blocked).any(|(what, _)| {
+                                what.contains(&format!(" {}-{} ", inv.project.name, s.name))
+                            })
+                    })
+            });
+            if runs {
                 out.push_str(&format!(
                     "Open http://127.0.0.1:{}/{what} -> {}:{}\n",
                     f.local, h.name, f.guest
