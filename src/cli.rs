@@ -68,6 +68,7 @@ pub enum Command {
 }
 
 pub fn run() -> i32 {
+    crate::timing::init();
     let cli = Cli::parse();
     let env = |name: &str| std::env::var(name).ok();
     match &cli.command {
@@ -176,6 +177,7 @@ where
 
 async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
     let inv = &loaded.inventory;
+    crate::timing::mark("planned");
     if let Err(e) = run::machines_up(inv).await {
         eprintln!("error: {e}");
         return EXIT_FAILED;
@@ -189,7 +191,9 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
         }
         return EXIT_OK;
     }
+    crate::timing::mark("machines checked");
     let reports = run::up(loaded, &plan).await;
+    crate::timing::mark("done");
     print!("{}", loaded.secrets.mask(&run::summary(&reports, inv)));
     if reports.iter().all(|r| r.ok()) {
         EXIT_OK

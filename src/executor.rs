@@ -142,6 +142,7 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
     }))
     .await;
 
+    crate::timing::mark("probes");
     // Phase 2: what is pending everywhere, so a readiness wait runs only
     // when something starts that needs it.
     let mut pending: HashSet<String> = HashSet::new();

@@ -18,4 +18,5 @@ pub mod progress;
 pub mod run;
 pub mod secrets;
 pub mod templates;
+pub mod timing;
 pub mod transport;

@@ -143,6 +143,7 @@ pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
 pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
     let inv = &loaded.inventory;
     let hosts = connect_all(inv, plan).await;
+    crate::timing::mark("connected");
     let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
