@@ -195,7 +195,8 @@ impl SshTransport {
         let host = &self.inner.target.name;
         let replayable = !matches!(req.stdin, Some(Stdin::Reader(_)));
         let conn = self.conn().await?;
-        let first = run_once(&conn, line, req).await;
+        let sudo = self.inner.target.sudo;
+        let first = run_once(conn.clone(), line, sudo, req).await;
         let retry = match &first {
             Err(Failure::Lost { started: false, .. }) => true,
             Err(Failure::Lost {
@@ -206,7 +207,7 @@ impl SshTransport {
         };
         let result = if retry {
             let conn = self.reconnect(&conn).await?;
-            run_once(&conn, line, req).await
+            run_once(conn, line, sudo, req).await
         } else {
             first
         };
@@ -231,11 +232,7 @@ impl Transport for SshTransport {
     async fn exec(&self, mut req: Exec) -> Result<ExecOutput, TransportError> {
         let target = &self.inner.target;
         let label = command_label(&req.line);
-        let line = if target.sudo {
-            format!("sudo -n sh -c {}", shell_words::quote(&req.line))
-        } else {
-            req.line.clone()
-        };
+        let line = remote_line(&req.line, target.sudo);
         let _slot = self
             .inner
             .slots
@@ -299,11 +296,40 @@ enum Failure {
     Other(String),
 }
 
+/// The line sent to the host. It first prints the pid of the login shell
+/// (sshd makes it a session and process group leader), then execs the line
+/// under `sh -c` (through `sudo -n` when asked). The client strips that first
+/// line; it is how a timed-out command is stopped: OpenSSH refuses "signal"
+/// requests, and a closed channel alone leaves the command running and its
+/// session counted against MaxSessions.
+///
+/// Needs a POSIX-like login shell on the host (sh, bash, dash, zsh, ksh).
+pub fn remote_line(line: &str, sudo: bool) -> String {
+    let sudo = if sudo { "sudo -n " } else { "" };
+    format!("echo $$; exec {sudo}sh -c {}", shell_words::quote(line))
+}
+
+/// The line that stops the process group `pgid`: SIGTERM, then SIGKILL 5 s
+/// later if it is still there (in the background, detached from the channel).
+/// No `--`: dash's kill rejects it; `kill -SIG -PGID` works in dash and bash.
+fn kill_line(pgid: u32) -> String {
+    format!(
+        "kill -TERM -{pgid} 2>/dev/null; \
+         (sleep 5; kill -0 -{pgid} 2>/dev/null && kill -KILL -{pgid}) \
+         </dev/null >/dev/null 2>&1 &"
+    )
+}
+
 /// Closes the channel on every path, including when the run is dropped by
-/// a timeout (russh sends no CHANNEL_CLOSE for a dropped channel). A command
-/// still running is sent SIGTERM first.
+/// a timeout or a cancelled caller (russh sends no CHANNEL_CLOSE for a
+/// dropped channel). A command still running is stopped first (see
+/// [`remote_line`]).
 struct ChannelGuard {
+    conn: Arc<Conn>,
     write: Arc<ChannelWriteHalf<Msg>>,
+    /// The remote process group, once its first output line arrived.
+    pgid: Option<u32>,
+    sudo: bool,
     done: bool,
 }
 
@@ -312,17 +338,82 @@ impl Drop for ChannelGuard {
         if self.done {
             return;
         }
-        let w = self.write.clone();
+        let (w, conn, pgid, sudo) = (self.write.clone(), self.conn.clone(), self.pgid, self.sudo);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = w.signal(Sig::TERM).await;
+                if let Some(pgid) = pgid {
+                    if let Ok(mut ch) = conn.handle.channel_open_session().await {
+                        let kill = if sudo {
+                            format!("sudo -n sh -c {}", shell_words::quote(&kill_line(pgid)))
+                        } else {
+                            kill_line(pgid)
+                        };
+                        if ch.exec(false, kill).await.is_ok() {
+                            let _ = ch.eof().await;
+                            while let Some(msg) = ch.wait().await {
+                                if matches!(msg, ChannelMsg::Close) {
+                                    break;
+                                }
+                            }
+                        }
+                        let _ = ch.close().await;
+                    }
+                }
                 let _ = w.close().await;
             });
         }
     }
 }
 
-async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput, Failure> {
+/// Reads the pid line that [`remote_line`] prints before the command's
+/// own output.
+enum PidLine {
+    Reading(Vec<u8>),
+    Done,
+}
+
+impl PidLine {
+    /// Feeds stdout bytes; returns the pid when the line completes and the
+    /// bytes that belong to the command.
+    fn feed(&mut self, data: &[u8]) -> (Option<u32>, Vec<u8>) {
+        let PidLine::Reading(buf) = self else {
+            return (None, data.to_vec());
+        };
+        buf.extend_from_slice(data);
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            if buf.len() > 32 {
+                let rest = std::mem::take(buf);
+                *self = PidLine::Done;
+                return (None, rest);
+            }
+            return (None, Vec::new());
+        };
+        let pid = std::str::from_utf8(&buf[..nl])
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let rest = match pid {
+            Some(_) => buf[nl + 1..].to_vec(),
+            None => std::mem::take(buf), // not our line: a chatty shell rc file
+        };
+        *self = PidLine::Done;
+        (pid, rest)
+    }
+
+    /// Bytes still held at the end of the output (no newline came).
+    fn leftover(&mut self) -> Vec<u8> {
+        match std::mem::replace(self, PidLine::Done) {
+            PidLine::Reading(b) => b,
+            PidLine::Done => Vec::new(),
+        }
+    }
+}
+
+async fn run_once(
+    conn: Arc<Conn>,
+    line: &str,
+    sudo: bool,
+    req: &mut Exec,
+) -> Result<ExecOutput, Failure> {
     let channel = conn
         .handle
         .channel_open_session()
@@ -340,7 +431,10 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
     let (mut read, write) = channel.split();
     let write = Arc::new(write);
     let mut guard = ChannelGuard {
+        conn: conn.clone(),
         write: write.clone(),
+        pgid: None,
+        sudo,
         done: false,
     };
     let lost = |e: russh::Error, sink_written: bool| Failure::Lost {
@@ -394,6 +488,7 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
     let mut collector = OutputCollector::new(req.capture, req.on_line.clone());
     let mut sink: Option<&mut Box<dyn AsyncWrite + Send + Unpin>> = req.stdout_sink.as_mut();
     let mut sink_written = false;
+    let mut pid_line = PidLine::Reading(Vec::new());
     let mut status = None;
     let mut signal = None;
     let mut closed = false;
@@ -404,15 +499,15 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
                 r.map_err(Failure::Other)?;
             }
             msg = read.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => match sink.as_mut() {
-                    Some(s) => {
-                        sink_written = true;
-                        s.write_all(&data)
-                            .await
-                            .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
+                Some(ChannelMsg::Data { data }) => {
+                    let (pid, data) = pid_line.feed(&data);
+                    if pid.is_some() {
+                        guard.pgid = pid;
                     }
-                    None => collector.stdout(&data),
-                },
+                    if !data.is_empty() {
+                        stdout(&data, &mut sink, &mut sink_written, &mut collector).await?;
+                    }
+                }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => collector.stderr(&data),
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
@@ -431,6 +526,10 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
         }
     }
     guard.done = closed;
+    let rest = pid_line.leftover();
+    if !rest.is_empty() {
+        stdout(&rest, &mut sink, &mut sink_written, &mut collector).await?;
+    }
     if !closed && status.is_none() && signal.is_none() {
         return Err(Failure::Lost {
             detail: "the channel ended without an exit status".into(),
@@ -447,6 +546,27 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
     out.status = status;
     out.signal = signal;
     Ok(out)
+}
+
+/// Sends command stdout to the sink, or to capture and the line callback.
+async fn stdout(
+    data: &[u8],
+    sink: &mut Option<&mut Box<dyn AsyncWrite + Send + Unpin>>,
+    sink_written: &mut bool,
+    collector: &mut OutputCollector,
+) -> Result<(), Failure> {
+    match sink.as_mut() {
+        Some(s) => {
+            *sink_written = true;
+            s.write_all(data)
+                .await
+                .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))
+        }
+        None => {
+            collector.stdout(data);
+            Ok(())
+        }
+    }
 }
 
 fn sig_name(sig: &Sig) -> String {
@@ -746,4 +866,31 @@ fn open<'a>(
             r.user,
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_line_prints_the_pid_then_execs() {
+        assert_eq!(
+            remote_line("echo 'a b'", false),
+            format!("echo $$; exec sh -c {}", shell_words::quote("echo 'a b'"))
+        );
+        assert_eq!(remote_line("ls", true), "echo $$; exec sudo -n sh -c ls");
+    }
+
+    #[test]
+    fn pid_line_is_stripped_across_chunks() {
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(p.feed(b"12"), (None, vec![]));
+        assert_eq!(p.feed(b"34\nhello"), (Some(1234), b"hello".to_vec()));
+        assert_eq!(p.feed(b" world"), (None, b" world".to_vec()));
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(p.feed(b"Welcome!\nx"), (None, b"Welcome!\nx".to_vec()));
+        let mut p = PidLine::Reading(Vec::new());
+        p.feed(b"99");
+        assert_eq!(p.leftover(), b"99".to_vec());
+    }
 }
