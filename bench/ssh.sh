@@ -39,6 +39,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$D/host_ed25519"
 ssh-keygen -q -t ed25519 -N '' -f "$D/client_ed25519"
 U=provbench
 id -u "$U" >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' "$U"
+H=$(getent passwd "$U" | cut -d: -f6); [ -d "$H" ] || install -d -o "$U" "$H"
 chmod 755 "$D"
 mkdir "$D/ak" && cp "$D/client_ed25519.pub" "$D/ak/$U" && chmod 755 "$D/ak" && chmod 644 "$D/ak/$U"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
