@@ -352,25 +352,31 @@ async fn hashed_known_hosts_entries_match() {
 async fn killed_sshd_session_fails_clearly_and_the_next_exec_reconnects() {
     let sshd = Sshd::start();
     let t = connect(&sshd).await;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = Mutex::new(Some(tx));
-    let t2 = t.clone();
-    let run = tokio::spawn(async move {
-        t2.exec(Exec::new("echo started; sleep 60").on_line(move |_, l| {
-            if l == "started" {
+    // Runs `line` in a task; the receiver fires at its first "ready" line.
+    let spawn = |line: &str, idempotent: bool| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        let req = Exec::new(line).idempotent(idempotent).on_line(move |_, l| {
+            if l == "ready" {
                 if let Some(tx) = tx.lock().unwrap().take() {
                     let _ = tx.send(());
                 }
             }
-        }))
-        .await
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("the command started")
-        .unwrap();
+        });
+        let t = t.clone();
+        (tokio::spawn(async move { t.exec(req).await }), rx)
+    };
+    let (plain, plain_ready) = spawn("echo ready; sleep 60", false);
+    let (retried, retried_ready) = spawn("echo ready; sleep 1; echo done", true);
+    for rx in [plain_ready, retried_ready] {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the command started")
+            .unwrap();
+    }
     assert!(sshd.kill_sessions() > 0);
-    let res = tokio::time::timeout(Duration::from_secs(10), run)
+
+    let res = tokio::time::timeout(Duration::from_secs(10), plain)
         .await
         .expect("no hang: the exec ends soon after the connection dies")
         .unwrap();
@@ -380,7 +386,15 @@ async fn killed_sshd_session_fails_clearly_and_the_next_exec_reconnects() {
     assert!(msg.contains("testhost") && msg.contains("`echo`"), "{msg}");
     assert!(!msg.contains("sleep 60"), "{msg}");
 
-    // The next exec reconnects once.
+    // The idempotent one was run again on a new connection.
+    let out = tokio::time::timeout(Duration::from_secs(10), retried)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout_str(), "ready\ndone\n");
+
+    // And later execs use the new connection.
     let out = tokio::time::timeout(Duration::from_secs(10), t.exec(Exec::new("echo back")))
         .await
         .unwrap()
@@ -390,7 +404,7 @@ async fn killed_sshd_session_fails_clearly_and_the_next_exec_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fires_and_closes_the_channel() {
-    let sshd = Sshd::start_with("LogLevel DEBUG1");
+    let sshd = Sshd::start();
     let t = connect(&sshd).await;
     // More timeouts than MaxSessions (10): leaked channels would make sshd
     // refuse the later ones.
