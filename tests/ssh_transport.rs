@@ -500,6 +500,16 @@ async fn sudo_that_wants_a_password_is_a_clear_error() {
         msg.contains("provtest_pw") && msg.contains("testhost"),
         "{msg}"
     );
+    // Also when the output is not captured; the message names only `apt-get`.
+    assert!(
+        msg.contains("`apt-get`") && !msg.contains("update"),
+        "{msg}"
+    );
+    let err = t.exec(Exec::new("true").capture(false)).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::SudoNeedsPassword { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,6 +223,11 @@ impl SshTransport {
                 command: label.to_string(),
                 message,
             }),
+            Err(Failure::SudoPassword) => Err(TransportError::SudoNeedsPassword {
+                host: host.clone(),
+                user: self.inner.user.clone(),
+                command: label.to_string(),
+            }),
         }
     }
 }
@@ -239,30 +244,20 @@ impl Transport for SshTransport {
             .acquire()
             .await
             .expect("semaphore never closed");
-        let out = match req.timeout {
+        match req.timeout {
             Some(after) => {
                 match tokio::time::timeout(after, self.exec_inner(&line, &label, &mut req)).await {
-                    Ok(r) => r?,
+                    Ok(r) => r,
                     // Dropping the run closes its channel (see ChannelGuard).
-                    Err(_) => {
-                        return Err(TransportError::Timeout {
-                            host: target.name.clone(),
-                            command: label,
-                            after,
-                        })
-                    }
+                    Err(_) => Err(TransportError::Timeout {
+                        host: target.name.clone(),
+                        command: label,
+                        after,
+                    }),
                 }
             }
-            None => self.exec_inner(&line, &label, &mut req).await?,
-        };
-        if target.sudo && out.status == Some(1) && sudo_wants_password(&out.stderr) {
-            return Err(TransportError::SudoNeedsPassword {
-                host: target.name.clone(),
-                user: self.inner.user.clone(),
-                command: label,
-            });
+            None => self.exec_inner(&line, &label, &mut req).await,
         }
-        Ok(out)
     }
 
     async fn upload_tar(
@@ -294,6 +289,8 @@ enum Failure {
     },
     /// Any other channel failure (message has no stdin and no line).
     Other(String),
+    /// `sudo -n` exited 1 saying it needs a password.
+    SudoPassword,
 }
 
 /// The line sent to the host. It first prints the pid of the login shell
@@ -542,7 +539,10 @@ async fn run_once(
             .await
             .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
     }
-    let (mut out, _) = collector.finish();
+    let (mut out, stderr_tail) = collector.finish();
+    if sudo && status == Some(1) && sudo_wants_password(&stderr_tail) {
+        return Err(Failure::SudoPassword);
+    }
     out.status = status;
     out.signal = signal;
     Ok(out)
