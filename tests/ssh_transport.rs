@@ -500,11 +500,12 @@ async fn sudo_that_wants_a_password_is_a_clear_error() {
         msg.contains("provtest_pw") && msg.contains("testhost"),
         "{msg}"
     );
-    // Also when the output is not captured; the message names only `apt-get`.
+    // The message names the command's first word only.
     assert!(
         msg.contains("`apt-get`") && !msg.contains("update"),
         "{msg}"
     );
+    // Detected also when the output is not captured.
     let err = t.exec(Exec::new("true").capture(false)).await.unwrap_err();
     assert!(
         matches!(err, TransportError::SudoNeedsPassword { .. }),
