@@ -8,6 +8,17 @@
 //! cut for silence.
 //!
 //! `~/.ssh/config` support and its limits: see [`config`].
+//!
+//! Stopping a command (timeout, cancelled caller): OpenSSH refuses "signal"
+//! channel requests, and closing the channel leaves the command running
+//! with its session counted against `MaxSessions`. So every line is sent as
+//! `echo $$; exec sh -c LINE` (see [`remote_line`]): the first output line
+//! (stripped) is the process group, and a stop runs `kill -TERM -PGID`
+//! (SIGKILL 5 s later) on a second channel, then closes the channel.
+//!
+//! Not supported: password and keyboard-interactive auth, host and user
+//! certificates, `ProxyCommand`, agent forwarding, non-POSIX login shells
+//! (fish, csh) on the host.
 
 mod auth;
 pub mod config;
@@ -22,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -493,6 +504,20 @@ impl PidLine {
     }
 }
 
+/// Opens a session channel. If the caller gives up meanwhile (a timeout),
+/// the channel, once open, is closed rather than left counted by sshd.
+async fn open_session(conn: &Arc<Conn>) -> Result<Channel<Msg>, russh::Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let c = conn.clone();
+    tokio::spawn(async move {
+        let opened = c.handle.channel_open_session().await;
+        if let Err(Ok(orphan)) = tx.send(opened) {
+            let _ = orphan.close().await;
+        }
+    });
+    rx.await.unwrap_or(Err(russh::Error::Disconnect))
+}
+
 async fn run_once(
     conn: Arc<Conn>,
     line: &str,
@@ -500,20 +525,16 @@ async fn run_once(
     req: &mut Exec,
     permit: OwnedSemaphorePermit,
 ) -> Result<ExecOutput, Failure> {
-    let channel = conn
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| match e {
-            russh::Error::ChannelOpenFailure(reason) => {
-                Failure::Other(format!("the server refused a session channel: {reason:?}"))
-            }
-            e => Failure::Lost {
-                detail: e.to_string(),
-                started: false,
-                sink_written: false,
-            },
-        })?;
+    let channel = open_session(&conn).await.map_err(|e| match e {
+        russh::Error::ChannelOpenFailure(reason) => {
+            Failure::Other(format!("the server refused a session channel: {reason:?}"))
+        }
+        e => Failure::Lost {
+            detail: e.to_string(),
+            started: false,
+            sink_written: false,
+        },
+    })?;
     let (read, write) = channel.split();
     let write = Arc::new(write);
     let mut guard = ChannelGuard {
