@@ -204,25 +204,40 @@ async fn fifty_megabyte_upload_keeps_content_and_modes() {
 async fn thirty_commands_in_flight_on_one_connection() {
     let sshd = Sshd::start();
     let t = connect(&sshd).await;
-    let started = Instant::now();
+    let dir = remote_dir("flight");
+    std::fs::create_dir_all(dir.join("seen")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let d = shell_words::quote(&dir.display().to_string()).into_owned();
+    // A rendezvous, no timing: each command waits until 8 have started, so
+    // the first 8 finish only if 8 run at once. Each reports how many were
+    // running when it started (the semaphore allows at most 8).
     let runs = (0..30).map(|i| {
         let t = t.clone();
-        async move { t.exec(Exec::new(format!("sleep 0.3; echo {i}"))).await }
+        let line = format!(
+            "touch {d}/seen/{i} {d}/run/{i}; n=$(ls {d}/run | wc -l); \
+             while [ $(ls {d}/seen | wc -l) -lt 8 ]; do sleep 0.02; done; \
+             rm {d}/run/{i}; echo {i} $n"
+        );
+        async move {
+            t.exec(Exec::new(line).timeout(Duration::from_secs(60)))
+                .await
+        }
     });
     let results = futures::future::join_all(runs).await;
     for (i, r) in results.into_iter().enumerate() {
         let out = r.unwrap_or_else(|e| panic!("command {i}: {e}\n{}", sshd.log()));
-        assert_eq!(out.stdout_str().trim(), i.to_string());
+        let words: Vec<usize> = out
+            .stdout_str()
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(words[0], i);
+        assert!((1..=8).contains(&words[1]), "{words:?}");
     }
-    // 30 x 0.3 s one by one would be 9 s; 8 at a time is about 1.2 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-    // All on one connection: one session process pair in sshd.
+    // All on one connection.
     let log = sshd.log();
     assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,4 +660,24 @@ async fn connection_refused_names_host_and_address() {
         "nohost: cannot connect to 127.0.0.1:{}",
         closed.port
     )));
+}
+
+#[tokio::test]
+async fn a_server_that_never_speaks_ssh_times_out_clearly() {
+    // Accepts TCP (the kernel's backlog) but never sends a banner.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut tg = SshTarget::new("mute", "127.0.0.1");
+    tg.port = port;
+    tg.user = "root".into();
+    tg.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("mute: SSH handshake with 127.0.0.1:{port} failed")),
+        "{msg}"
+    );
+    assert!(msg.contains("no answer within 0.5s"), "{msg}");
 }

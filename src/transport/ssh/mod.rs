@@ -504,15 +504,36 @@ impl PidLine {
     }
 }
 
-/// Opens a session channel. If the caller gives up meanwhile (a timeout),
-/// the channel, once open, is closed rather than left counted by sshd.
-async fn open_session(conn: &Arc<Conn>) -> Result<Channel<Msg>, russh::Error> {
+/// Opens a session channel; the permit travels with it. If the caller gives
+/// up meanwhile (a timeout), the channel, once open, is closed (rather than
+/// left counted by sshd) and the permit is released only after that.
+/// A refusal (sshd still counting sessions that are closing) is retried.
+async fn open_session(
+    conn: &Arc<Conn>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(Channel<Msg>, OwnedSemaphorePermit), russh::Error> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let c = conn.clone();
     tokio::spawn(async move {
-        let opened = c.handle.channel_open_session().await;
-        if let Err(Ok(orphan)) = tx.send(opened) {
+        let mut opened = c.handle.channel_open_session().await;
+        for _ in 0..4 {
+            if !matches!(opened, Err(russh::Error::ChannelOpenFailure(_))) || tx.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await; // backoff
+            opened = c.handle.channel_open_session().await;
+        }
+        if let Err(Ok((mut orphan, permit))) = tx.send(opened.map(|ch| (ch, permit))) {
             let _ = orphan.close().await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(msg) = orphan.wait().await {
+                    if matches!(msg, ChannelMsg::Close) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(permit);
         }
     });
     rx.await.unwrap_or(Err(russh::Error::Disconnect))
@@ -525,7 +546,7 @@ async fn run_once(
     req: &mut Exec,
     permit: OwnedSemaphorePermit,
 ) -> Result<ExecOutput, Failure> {
-    let channel = open_session(&conn).await.map_err(|e| match e {
+    let (channel, permit) = open_session(&conn, permit).await.map_err(|e| match e {
         russh::Error::ChannelOpenFailure(reason) => {
             Failure::Other(format!("the server refused a session channel: {reason:?}"))
         }
