@@ -41,7 +41,8 @@ pub struct Exec {
     pub stdin: Option<Stdin>,
     /// Receives stdout and stderr line by line as they arrive.
     pub on_line: Option<LineCallback>,
-    /// Receives the raw stdout bytes (a tar streamed out of the host).
+    /// Receives the raw stdout bytes (a tar streamed out of the host);
+    /// stdout then goes neither to the capture nor to the line callback.
     pub stdout_sink: Option<Box<dyn AsyncWrite + Send + Unpin>>,
     /// Keep stdout and stderr in [`ExecOutput`] (default true).
     pub capture: bool,

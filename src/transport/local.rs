@@ -196,6 +196,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upload_tar_keeps_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o600);
+        h.set_size(4);
+        b.append_data(&mut h, "sub/app.env", &b"A=1\n"[..]).unwrap();
+        let archive = b.into_inner().unwrap();
+        let dest = dir.path().join("new dir");
+        LocalTransport::default()
+            .upload_tar(
+                dest.to_str().unwrap(),
+                Box::new(std::io::Cursor::new(archive)),
+            )
+            .await
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dest.join("sub/app.env")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
     async fn signal_is_reported() {
         let out = LocalTransport::default()
             .exec(Exec::new("kill -TERM $$"))

@@ -8,6 +8,17 @@
 //! cut for silence.
 //!
 //! `~/.ssh/config` support and its limits: see [`config`].
+//!
+//! Stopping a command (timeout, cancelled caller): OpenSSH refuses "signal"
+//! channel requests, and closing the channel leaves the command running
+//! with its session counted against `MaxSessions`. So every line is sent as
+//! `echo $$; exec sh -c LINE` (see [`remote_line`]): the first output line
+//! (stripped) is the process group, and a stop runs `kill -TERM -PGID`
+//! (SIGKILL 5 s later) on a second channel, then closes the channel.
+//!
+//! Not supported: password and keyboard-interactive auth, host and user
+//! certificates, `ProxyCommand`, agent forwarding, non-POSIX login shells
+//! (fish, csh) on the host.
 
 mod auth;
 pub mod config;
@@ -22,10 +33,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, ChannelWriteHalf, Sig};
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::command_label;
 use super::exec::OutputCollector;
@@ -34,6 +45,17 @@ use super::{Exec, ExecOutput, Stdin, Transport, TransportError};
 /// Commands in flight at once on one connection: below OpenSSH's default
 /// `MaxSessions 10`.
 pub const MAX_CHANNELS: usize = 8;
+
+/// How long a stopped command's cleanup waits for its pid line.
+const PID_LINE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a stopped command's cleanup waits for sshd to close its session.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// Sessions opened at once to stop commands, on top of [`MAX_CHANNELS`]:
+/// 8 + 2 stays within OpenSSH's `MaxSessions 10`. (Process-wide: stops are
+/// rare and short.)
+static KILL_SLOTS: Semaphore = Semaphore::const_new(2);
 
 /// Write size for stdin and uploads (PERF.md: fills 32 KiB packets).
 const UPLOAD_BUFFER: usize = 256 * 1024;
@@ -120,7 +142,9 @@ struct Inner {
     /// The user we log in as (after `~/.ssh/config`).
     user: String,
     conn: tokio::sync::Mutex<Arc<Conn>>,
-    slots: Semaphore,
+    /// One permit per session channel; a stopped command keeps its permit
+    /// until sshd has really closed its session.
+    slots: Arc<Semaphore>,
 }
 
 struct Conn {
@@ -147,7 +171,7 @@ impl SshTransport {
                 target,
                 user,
                 conn: tokio::sync::Mutex::new(Arc::new(conn)),
-                slots: Semaphore::new(MAX_CHANNELS),
+                slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
             }),
         })
     }
@@ -186,16 +210,33 @@ impl SshTransport {
         Ok(cur.clone())
     }
 
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    /// `slot`: a permit taken before the timeout starts (queueing is not
+    /// the command's time); a retry takes a new one.
     async fn exec_inner(
         &self,
         line: &str,
         label: &str,
         req: &mut Exec,
+        slot: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<ExecOutput, TransportError> {
         let host = &self.inner.target.name;
         let replayable = !matches!(req.stdin, Some(Stdin::Reader(_)));
         let conn = self.conn().await?;
-        let first = run_once(&conn, line, req).await;
+        let sudo = self.inner.target.sudo;
+        let permit = match slot.take() {
+            Some(p) => p,
+            None => self.slot().await,
+        };
+        let first = run_once(conn.clone(), line, sudo, req, permit).await;
         let retry = match &first {
             Err(Failure::Lost { started: false, .. }) => true,
             Err(Failure::Lost {
@@ -206,7 +247,8 @@ impl SshTransport {
         };
         let result = if retry {
             let conn = self.reconnect(&conn).await?;
-            run_once(&conn, line, req).await
+            let permit = self.slot().await;
+            run_once(conn, line, sudo, req, permit).await
         } else {
             first
         };
@@ -222,6 +264,11 @@ impl SshTransport {
                 command: label.to_string(),
                 message,
             }),
+            Err(Failure::SudoPassword) => Err(TransportError::SudoNeedsPassword {
+                host: host.clone(),
+                user: self.inner.user.clone(),
+                command: label.to_string(),
+            }),
         }
     }
 }
@@ -231,41 +278,28 @@ impl Transport for SshTransport {
     async fn exec(&self, mut req: Exec) -> Result<ExecOutput, TransportError> {
         let target = &self.inner.target;
         let label = command_label(&req.line);
-        let line = if target.sudo {
-            format!("sudo -n sh -c {}", shell_words::quote(&req.line))
-        } else {
-            req.line.clone()
-        };
-        let _slot = self
-            .inner
-            .slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        let out = match req.timeout {
+        let line = remote_line(&req.line, target.sudo);
+        let slot = self.slot().await;
+        let mut slot = Some(slot);
+        match req.timeout {
             Some(after) => {
-                match tokio::time::timeout(after, self.exec_inner(&line, &label, &mut req)).await {
-                    Ok(r) => r?,
+                match tokio::time::timeout(
+                    after,
+                    self.exec_inner(&line, &label, &mut req, &mut slot),
+                )
+                .await
+                {
+                    Ok(r) => r,
                     // Dropping the run closes its channel (see ChannelGuard).
-                    Err(_) => {
-                        return Err(TransportError::Timeout {
-                            host: target.name.clone(),
-                            command: label,
-                            after,
-                        })
-                    }
+                    Err(_) => Err(TransportError::Timeout {
+                        host: target.name.clone(),
+                        command: label,
+                        after,
+                    }),
                 }
             }
-            None => self.exec_inner(&line, &label, &mut req).await?,
-        };
-        if target.sudo && out.status == Some(1) && sudo_wants_password(&out.stderr) {
-            return Err(TransportError::SudoNeedsPassword {
-                host: target.name.clone(),
-                user: self.inner.user.clone(),
-                command: label,
-            });
+            None => self.exec_inner(&line, &label, &mut req, &mut slot).await,
         }
-        Ok(out)
     }
 
     async fn upload_tar(
@@ -297,14 +331,56 @@ enum Failure {
     },
     /// Any other channel failure (message has no stdin and no line).
     Other(String),
+    /// `sudo -n` exited 1 saying it needs a password.
+    SudoPassword,
+}
+
+/// The line sent to the host. It first prints the pid of the login shell
+/// (sshd makes it a session and process group leader), then execs the line
+/// under `sh -c` (through `sudo -n` when asked). The client strips that first
+/// line; it is how a timed-out command is stopped: OpenSSH refuses "signal"
+/// requests, and a closed channel alone leaves the command running and its
+/// session counted against MaxSessions.
+///
+/// Needs a POSIX-like login shell on the host (sh, bash, dash, zsh, ksh).
+pub fn remote_line(line: &str, sudo: bool) -> String {
+    let sudo = if sudo { "sudo -n " } else { "" };
+    format!("echo $$; exec {sudo}sh -c {}", shell_words::quote(line))
+}
+
+/// The line that stops the process group `pgid`: SIGTERM, then SIGKILL 5 s
+/// later if it is still there (in the background, detached from the channel).
+/// No `--`: dash's kill rejects it; `kill -SIG -PGID` works in dash and bash.
+fn kill_line(pgid: u32) -> String {
+    format!(
+        "kill -TERM -{pgid} 2>/dev/null; \
+         (sleep 5; kill -0 -{pgid} 2>/dev/null && kill -KILL -{pgid}) \
+         </dev/null >/dev/null 2>&1 &"
+    )
 }
 
 /// Closes the channel on every path, including when the run is dropped by
-/// a timeout (russh sends no CHANNEL_CLOSE for a dropped channel). A command
-/// still running is sent SIGTERM first.
+/// a timeout or a cancelled caller (russh sends no CHANNEL_CLOSE for a
+/// dropped channel). A command still running is stopped first (see
+/// [`remote_line`]).
 struct ChannelGuard {
+    conn: Arc<Conn>,
     write: Arc<ChannelWriteHalf<Msg>>,
+    /// Taken by the cleanup task on drop, to wait for the pid line.
+    read: Option<ChannelReadHalf>,
+    pid_line: PidLine,
+    /// The remote process group, once its first output line arrived.
+    pgid: Option<u32>,
+    sudo: bool,
     done: bool,
+    /// Released when the session is really gone.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ChannelGuard {
+    async fn wait(&mut self) -> Option<ChannelMsg> {
+        self.read.as_mut()?.wait().await
+    }
 }
 
 impl Drop for ChannelGuard {
@@ -312,36 +388,185 @@ impl Drop for ChannelGuard {
         if self.done {
             return;
         }
-        let w = self.write.clone();
+        let (w, conn, mut pgid, sudo) =
+            (self.write.clone(), self.conn.clone(), self.pgid, self.sudo);
+        let mut read = self.read.take();
+        let mut pid_line = std::mem::replace(&mut self.pid_line, PidLine::Done);
+        let permit = self.permit.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = w.signal(Sig::TERM).await;
+                // Stopped before its pid line came (a short timeout on a busy
+                // host): keep reading for it, or for the command's end.
+                if let (None, Some(read)) = (pgid, read.as_mut()) {
+                    let _ = tokio::time::timeout(PID_LINE_WAIT, async {
+                        while let Some(msg) = read.wait().await {
+                            match msg {
+                                ChannelMsg::Data { data } => {
+                                    if let (Some(p), _) = pid_line.feed(&data) {
+                                        pgid = Some(p);
+                                        return;
+                                    }
+                                }
+                                ChannelMsg::Close => return,
+                                _ => {}
+                            }
+                        }
+                    })
+                    .await;
+                }
+                if let Some(pgid) = pgid {
+                    let _kill_slot = KILL_SLOTS.acquire().await;
+                    let mut opened = conn.handle.channel_open_session().await;
+                    for _ in 0..3 {
+                        // Refused while sshd still counts closing sessions.
+                        if !matches!(opened, Err(russh::Error::ChannelOpenFailure(_))) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await; // backoff
+                        opened = conn.handle.channel_open_session().await;
+                    }
+                    if let Ok(mut ch) = opened {
+                        let kill = if sudo {
+                            format!("sudo -n sh -c {}", shell_words::quote(&kill_line(pgid)))
+                        } else {
+                            kill_line(pgid)
+                        };
+                        if ch.exec(false, kill).await.is_ok() {
+                            let _ = ch.eof().await;
+                            while let Some(msg) = ch.wait().await {
+                                if matches!(msg, ChannelMsg::Close) {
+                                    break;
+                                }
+                            }
+                        }
+                        let _ = ch.close().await;
+                    }
+                }
                 let _ = w.close().await;
+                // The slot is free once sshd closed the session (the command
+                // is gone); bounded, as the kill escalates after 5 s.
+                if let Some(read) = read.as_mut() {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        while let Some(msg) = read.wait().await {
+                            if matches!(msg, ChannelMsg::Close) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                drop(permit);
             });
         }
     }
 }
 
-async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput, Failure> {
-    let channel = conn
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| match e {
-            russh::Error::ChannelOpenFailure(reason) => {
-                Failure::Other(format!("the server refused a session channel: {reason:?}"))
+/// Reads the pid line that [`remote_line`] prints before the command's
+/// own output.
+enum PidLine {
+    Reading(Vec<u8>),
+    Done,
+}
+
+impl PidLine {
+    /// Feeds stdout bytes; returns the pid when the line completes and the
+    /// bytes that belong to the command.
+    fn feed(&mut self, data: &[u8]) -> (Option<u32>, Vec<u8>) {
+        let PidLine::Reading(buf) = self else {
+            return (None, data.to_vec());
+        };
+        buf.extend_from_slice(data);
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            if buf.len() > 32 {
+                let rest = std::mem::take(buf);
+                *self = PidLine::Done;
+                return (None, rest);
             }
-            e => Failure::Lost {
-                detail: e.to_string(),
-                started: false,
-                sink_written: false,
-            },
-        })?;
-    let (mut read, write) = channel.split();
+            return (None, Vec::new());
+        };
+        let pid = std::str::from_utf8(&buf[..nl])
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let rest = match pid {
+            Some(_) => buf[nl + 1..].to_vec(),
+            None => std::mem::take(buf), // not our line: a chatty shell rc file
+        };
+        *self = PidLine::Done;
+        (pid, rest)
+    }
+
+    /// Bytes still held at the end of the output (no newline came).
+    fn leftover(&mut self) -> Vec<u8> {
+        match std::mem::replace(self, PidLine::Done) {
+            PidLine::Reading(b) => b,
+            PidLine::Done => Vec::new(),
+        }
+    }
+}
+
+/// Opens a session channel; the permit travels with it. If the caller gives
+/// up meanwhile (a timeout), the channel, once open, is closed (rather than
+/// left counted by sshd) and the permit is released only after that.
+/// A refusal (sshd still counting sessions that are closing) is retried.
+async fn open_session(
+    conn: &Arc<Conn>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(Channel<Msg>, OwnedSemaphorePermit), russh::Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let c = conn.clone();
+    tokio::spawn(async move {
+        let mut opened = c.handle.channel_open_session().await;
+        for _ in 0..4 {
+            if !matches!(opened, Err(russh::Error::ChannelOpenFailure(_))) || tx.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await; // backoff
+            opened = c.handle.channel_open_session().await;
+        }
+        if let Err(Ok((mut orphan, permit))) = tx.send(opened.map(|ch| (ch, permit))) {
+            let _ = orphan.close().await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(msg) = orphan.wait().await {
+                    if matches!(msg, ChannelMsg::Close) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(permit);
+        }
+    });
+    rx.await.unwrap_or(Err(russh::Error::Disconnect))
+}
+
+async fn run_once(
+    conn: Arc<Conn>,
+    line: &str,
+    sudo: bool,
+    req: &mut Exec,
+    permit: OwnedSemaphorePermit,
+) -> Result<ExecOutput, Failure> {
+    let (channel, permit) = open_session(&conn, permit).await.map_err(|e| match e {
+        russh::Error::ChannelOpenFailure(reason) => {
+            Failure::Other(format!("the server refused a session channel: {reason:?}"))
+        }
+        e => Failure::Lost {
+            detail: e.to_string(),
+            started: false,
+            sink_written: false,
+        },
+    })?;
+    let (read, write) = channel.split();
     let write = Arc::new(write);
     let mut guard = ChannelGuard {
+        conn: conn.clone(),
         write: write.clone(),
+        read: Some(read),
+        pid_line: PidLine::Reading(Vec::new()),
+        pgid: None,
+        sudo,
         done: false,
+        permit: Some(permit),
     };
     let lost = |e: russh::Error, sink_written: bool| Failure::Lost {
         detail: e.to_string(),
@@ -403,16 +628,16 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
                 feeding = false;
                 r.map_err(Failure::Other)?;
             }
-            msg = read.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => match sink.as_mut() {
-                    Some(s) => {
-                        sink_written = true;
-                        s.write_all(&data)
-                            .await
-                            .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
+            msg = guard.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    let (pid, data) = guard.pid_line.feed(&data);
+                    if pid.is_some() {
+                        guard.pgid = pid;
                     }
-                    None => collector.stdout(&data),
-                },
+                    if !data.is_empty() {
+                        stdout(&data, &mut sink, &mut sink_written, &mut collector).await?;
+                    }
+                }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => collector.stderr(&data),
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
@@ -431,6 +656,10 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
         }
     }
     guard.done = closed;
+    let rest = guard.pid_line.leftover();
+    if !rest.is_empty() {
+        stdout(&rest, &mut sink, &mut sink_written, &mut collector).await?;
+    }
     if !closed && status.is_none() && signal.is_none() {
         return Err(Failure::Lost {
             detail: "the channel ended without an exit status".into(),
@@ -443,10 +672,34 @@ async fn run_once(conn: &Conn, line: &str, req: &mut Exec) -> Result<ExecOutput,
             .await
             .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))?;
     }
-    let (mut out, _) = collector.finish();
+    let (mut out, stderr_tail) = collector.finish();
+    if sudo && status == Some(1) && sudo_wants_password(&stderr_tail) {
+        return Err(Failure::SudoPassword);
+    }
     out.status = status;
     out.signal = signal;
     Ok(out)
+}
+
+/// Sends command stdout to the sink, or to capture and the line callback.
+async fn stdout(
+    data: &[u8],
+    sink: &mut Option<&mut Box<dyn AsyncWrite + Send + Unpin>>,
+    sink_written: &mut bool,
+    collector: &mut OutputCollector,
+) -> Result<(), Failure> {
+    match sink.as_mut() {
+        Some(s) => {
+            *sink_written = true;
+            s.write_all(data)
+                .await
+                .map_err(|e| Failure::Other(format!("writing its stdout: {e}")))
+        }
+        None => {
+            collector.stdout(data);
+            Ok(())
+        }
+    }
 }
 
 fn sig_name(sig: &Sig) -> String {
@@ -665,7 +918,7 @@ fn open<'a>(
                     target: jt,
                     user: juser,
                     conn: tokio::sync::Mutex::new(Arc::new(jconn)),
-                    slots: Semaphore::new(MAX_CHANNELS),
+                    slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 }),
             };
             let conn = jump.conn().await?;
@@ -746,4 +999,31 @@ fn open<'a>(
             r.user,
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_line_prints_the_pid_then_execs() {
+        assert_eq!(
+            remote_line("echo 'a b'", false),
+            format!("echo $$; exec sh -c {}", shell_words::quote("echo 'a b'"))
+        );
+        assert_eq!(remote_line("ls", true), "echo $$; exec sudo -n sh -c ls");
+    }
+
+    #[test]
+    fn pid_line_is_stripped_across_chunks() {
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(p.feed(b"12"), (None, vec![]));
+        assert_eq!(p.feed(b"34\nhello"), (Some(1234), b"hello".to_vec()));
+        assert_eq!(p.feed(b" world"), (None, b" world".to_vec()));
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(p.feed(b"Welcome!\nx"), (None, b"Welcome!\nx".to_vec()));
+        let mut p = PidLine::Reading(Vec::new());
+        p.feed(b"99");
+        assert_eq!(p.leftover(), b"99".to_vec());
+    }
 }

@@ -1,0 +1,683 @@
+//! The SSH transport against a real OpenSSH server on 127.0.0.1.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use provision::transport::{
+    Exec, HostKeyPolicy, SshTarget, SshTransport, Stream, Transport, TransportError,
+};
+use sha2::{Digest, Sha256};
+use support::sshd::{ensure_user, Sshd, SudoRule};
+
+const MB50: usize = 50 * 1024 * 1024;
+
+/// A target for `sshd` as root with its client key, a known_hosts file that
+/// knows it, and an empty fake `~/.ssh` (the real one is never read).
+fn target(sshd: &Sshd) -> SshTarget {
+    let mut t = SshTarget::new("testhost", "127.0.0.1");
+    t.port = sshd.port;
+    t.user = "root".into();
+    t.identity = Some(sshd.client_key.clone());
+    t.known_hosts = vec![sshd.known_hosts_file()];
+    t.ssh_dir = Some(sshd.subdir(&format!("home-ssh-{}", rand::random::<u32>())));
+    t.connect_timeout = Duration::from_secs(10);
+    t
+}
+
+async fn connect(sshd: &Sshd) -> SshTransport {
+    match SshTransport::connect(target(sshd)).await {
+        Ok(t) => t,
+        Err(e) => panic!("connect failed: {e}\nsshd log:\n{}", sshd.log()),
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+/// A tar with `dir/` (0750), `dir/app.env` (0600, `data`) and `run.sh`
+/// (0755), all claiming uid/gid 4242.
+fn tar_with(data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, kind: tar::EntryType, body: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(4242);
+        h.set_gid(4242);
+        h.set_size(body.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, body).unwrap();
+    };
+    add("dir/", 0o750, tar::EntryType::Directory, b"");
+    add("dir/app.env", 0o600, tar::EntryType::Regular, data);
+    add(
+        "run.sh",
+        0o755,
+        tar::EntryType::Regular,
+        b"#!/bin/sh\necho hi\n",
+    );
+    b.into_inner().unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn remote_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "provision-upload-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reports_status_stderr_signal_and_streams_lines() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    assert_eq!(t.name(), "testhost");
+
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l2 = lines.clone();
+    let out = t
+        .exec(
+            Exec::new("echo out1; echo err1 >&2; printf 'out2'; exit 7")
+                .on_line(move |s, l| l2.lock().unwrap().push((s, l.to_string()))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(7));
+    assert!(!out.success());
+    assert_eq!(out.stdout, b"out1\nout2");
+    assert_eq!(out.stderr, b"err1\n");
+    let lines = lines.lock().unwrap().clone();
+    for want in [
+        (Stream::Stdout, "out1"),
+        (Stream::Stderr, "err1"),
+        (Stream::Stdout, "out2"),
+    ] {
+        assert!(
+            lines.contains(&(want.0, want.1.to_string())),
+            "{want:?} not in {lines:?}"
+        );
+    }
+
+    let out = t.exec(Exec::new("true")).await.unwrap();
+    assert!(out.success());
+
+    // stdin bytes reach the command; capture can be turned off.
+    let out = t
+        .exec(Exec::new("wc -c").stdin_bytes(vec![b'x'; 100_000]))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str().trim(), "100000");
+    let out = t
+        .exec(Exec::new("echo quiet").capture(false))
+        .await
+        .unwrap();
+    assert!(out.success() && out.stdout.is_empty());
+    // A command that ignores a large stdin still finishes.
+    let out = t
+        .exec(Exec::new("true").stdin_bytes(vec![0u8; 8 << 20]))
+        .await
+        .unwrap();
+    assert!(out.success());
+
+    let out = t.exec(Exec::new("kill -KILL $$")).await.unwrap();
+    assert_eq!(out.status, None);
+    assert_eq!(out.signal.as_deref(), Some("KILL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabytes_of_output_arrive_intact() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let src = remote_dir("out");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("blob");
+    std::fs::write(&file, random_bytes(MB50)).unwrap();
+    let want = sha256_hex(&std::fs::read(&file).unwrap());
+
+    let line = format!("cat {}", shell_words::quote(&file.display().to_string()));
+    let out = t.exec(Exec::new(line.clone())).await.unwrap();
+    assert!(out.success());
+    assert_eq!(out.stdout.len(), MB50);
+    assert_eq!(sha256_hex(&out.stdout), want);
+
+    // The same through a stdout sink (how tars are streamed out of a host).
+    let copy = src.join("copy");
+    let sink = tokio::fs::File::create(&copy).await.unwrap();
+    let out = t
+        .exec(Exec::new(line).stdout_to(Box::new(sink)))
+        .await
+        .unwrap();
+    assert!(out.success() && out.stdout.is_empty());
+    assert_eq!(sha256_hex(&std::fs::read(&copy).unwrap()), want);
+    std::fs::remove_dir_all(&src).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabyte_upload_keeps_content_and_modes() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let data = random_bytes(MB50);
+    let archive = tar_with(&data);
+    let dest = remote_dir("up");
+    t.upload_tar(
+        &dest.display().to_string(),
+        Box::new(std::io::Cursor::new(archive)),
+    )
+    .await
+    .unwrap();
+    let out = t
+        .exec(Exec::new(format!(
+            "sha256sum {}",
+            shell_words::quote(&dest.join("dir/app.env").display().to_string())
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str().split_whitespace().next(),
+        Some(sha256_hex(&data).as_str())
+    );
+    assert_eq!(mode(&dest.join("dir/app.env")), 0o600);
+    assert_eq!(mode(&dest.join("dir")), 0o750);
+    assert_eq!(mode(&dest.join("run.sh")), 0o755);
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_commands_in_flight_on_one_connection() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let dir = remote_dir("flight");
+    std::fs::create_dir_all(dir.join("seen")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let d = shell_words::quote(&dir.display().to_string()).into_owned();
+    // A rendezvous, no timing: each command waits until 8 have started, so
+    // the first 8 finish only if 8 run at once. Each reports how many were
+    // running when it started (the semaphore allows at most 8).
+    let runs = (0..30).map(|i| {
+        let t = t.clone();
+        let line = format!(
+            "touch {d}/seen/{i} {d}/run/{i}; n=$(ls {d}/run | wc -l); \
+             while [ $(ls {d}/seen | wc -l) -lt 8 ]; do sleep 0.02; done; \
+             rm {d}/run/{i}; echo {i} $n"
+        );
+        async move {
+            t.exec(Exec::new(line).timeout(Duration::from_secs(60)))
+                .await
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let out = r.unwrap_or_else(|e| panic!("command {i}: {e}\n{}", sshd.log()));
+        let words: Vec<usize> = out
+            .stdout_str()
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(words[0], i);
+        assert!((1..=8).contains(&words[1]), "{words:?}");
+    }
+    // All on one connection.
+    let log = sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_refused_and_the_keys_tried_are_listed() {
+    let sshd = Sshd::start();
+    let wrong = sshd.new_key("wrong_ed25519", "ed25519", "");
+    let mut tg = target(&sshd);
+    tg.identity = Some(wrong.clone());
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TransportError::AuthFailed { .. }), "{err:?}");
+    assert!(msg.contains(&wrong.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("testhost") && msg.contains("\"root\""),
+        "{msg}"
+    );
+    assert!(msg.contains("publickey"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_key_under_each_policy() {
+    let sshd = Sshd::start();
+    let kh = sshd.dir.path().join("project_known_hosts");
+
+    // Strict: refused, with a command that accepts the key.
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![kh.clone()];
+    let err = SshTransport::connect(tg.clone()).await.unwrap_err();
+    let TransportError::UnknownHostKey {
+        ref accept_command,
+        ref fingerprint,
+        ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    assert!(
+        accept_command.contains(&format!("-p {}", sshd.port)),
+        "{accept_command}"
+    );
+    assert!(err.to_string().contains(accept_command.as_str()));
+    // The command really accepts it.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(accept_command)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = SshTransport::connect(tg.clone()).await.unwrap();
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    std::fs::remove_file(&kh).unwrap();
+
+    // AcceptNew: learns the key into the project file...
+    tg.host_key_policy = HostKeyPolicy::AcceptNew;
+    let t = SshTransport::connect(tg.clone()).await.unwrap();
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(text.contains(&sshd.known_hosts_line()), "{text}");
+    // ...and the next strict connect succeeds.
+    tg.host_key_policy = HostKeyPolicy::Strict;
+    SshTransport::connect(tg.clone()).await.unwrap();
+
+    // Off: connects with no known_hosts at all.
+    let mut off = target(&sshd);
+    off.known_hosts = vec![sshd.dir.path().join("never_written")];
+    off.host_key_policy = HostKeyPolicy::Off;
+    let t = SshTransport::connect(off).await.unwrap();
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    assert!(!sshd.dir.path().join("never_written").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused_naming_file_and_line() {
+    let sshd = Sshd::start();
+    let other = sshd.new_key("impostor", "ed25519", "");
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let kh = sshd.dir.path().join("changed_known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "# project hosts\nexample.org {}\n[127.0.0.1]:{} {}\n",
+            other_pub.join(" "),
+            sshd.port,
+            other_pub.join(" ")
+        ),
+    )
+    .unwrap();
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![kh.clone()];
+    tg.host_key_policy = HostKeyPolicy::AcceptNew; // never overrides a change
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    let TransportError::HostKeyChanged { ref file, line, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((file.as_path(), line), (kh.as_path(), 3));
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{}:3", kh.display())), "{msg}");
+    assert!(
+        msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_known_hosts_entries_match() {
+    let sshd = Sshd::start();
+    let tg = target(&sshd);
+    let kh = tg.known_hosts[0].clone();
+    let st = std::process::Command::new("ssh-keygen")
+        .arg("-q")
+        .arg("-H")
+        .arg("-f")
+        .arg(&kh)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(text.starts_with("|1|"), "{text}");
+    let t = SshTransport::connect(tg).await.unwrap();
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sshd_session_fails_clearly_and_the_next_exec_reconnects() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    // Runs `line` in a task; the receiver fires at its first "ready" line.
+    let spawn = |line: &str, idempotent: bool| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        let req = Exec::new(line).idempotent(idempotent).on_line(move |_, l| {
+            if l == "ready" {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let t = t.clone();
+        (tokio::spawn(async move { t.exec(req).await }), rx)
+    };
+    let (plain, plain_ready) = spawn("echo ready; sleep 60", false);
+    let (retried, retried_ready) = spawn("echo ready; sleep 1; echo done", true);
+    for rx in [plain_ready, retried_ready] {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the command started")
+            .unwrap();
+    }
+    assert!(sshd.kill_sessions() > 0);
+
+    let res = tokio::time::timeout(Duration::from_secs(10), plain)
+        .await
+        .expect("no hang: the exec ends soon after the connection dies")
+        .unwrap();
+    let err = res.unwrap_err();
+    assert!(err.is_connection_lost(), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("testhost") && msg.contains("`echo`"), "{msg}");
+    assert!(!msg.contains("sleep 60"), "{msg}");
+
+    // The idempotent one was run again on a new connection.
+    let out = tokio::time::timeout(Duration::from_secs(10), retried)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout_str(), "ready\ndone\n");
+
+    // And later execs use the new connection.
+    let out = tokio::time::timeout(Duration::from_secs(10), t.exec(Exec::new("echo back")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout_str(), "back\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_fires_and_closes_the_channel() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    // More timeouts than MaxSessions (10): leaked channels would make sshd
+    // refuse the later ones.
+    for i in 0..12 {
+        let started = Instant::now();
+        let err = t
+            .exec(Exec::new("sleep 987 # TOKEN=secret").timeout(Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        if i == 0 {
+            // Later ones may first wait for a slot still held by a stopping one.
+            assert!(started.elapsed() < Duration::from_secs(3));
+        }
+        let TransportError::Timeout { ref command, .. } = err else {
+            panic!("{err:?}\n{}", sshd.log())
+        };
+        assert_eq!(command, "sleep");
+        assert!(!err.to_string().contains("secret"));
+    }
+    let out = t.exec(Exec::new("echo alive")).await.unwrap();
+    assert_eq!(out.stdout_str(), "alive\n");
+    // The remote commands were stopped and their sessions ended.
+    wait_gone(&sshd, "sleep 987").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_root_user_with_passwordless_sudo_uploads_root_owned_files() {
+    let sshd = Sshd::start();
+    ensure_user("provtest_nopw", SudoRule::NoPassword);
+    sshd.authorize("provtest_nopw", &sshd.client_key.with_extension("pub"));
+    let mut tg = target(&sshd);
+    tg.user = "provtest_nopw".into();
+    tg.sudo = true;
+    let t = SshTransport::connect(tg).await.unwrap();
+    let out = t.exec(Exec::new("id -un")).await.unwrap();
+    assert_eq!(out.stdout_str().trim(), "root", "{out:?}");
+
+    let dest = remote_dir("sudo");
+    t.upload_tar(
+        &dest.display().to_string(),
+        Box::new(std::io::Cursor::new(tar_with(b"SECRET=1\n"))),
+    )
+    .await
+    .unwrap();
+    let env = dest.join("dir/app.env");
+    let meta = std::fs::metadata(&env).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(mode(&env), 0o600);
+    assert_eq!(mode(&dest.join("dir")), 0o750);
+    assert_eq!(std::fs::read(&env).unwrap(), b"SECRET=1\n");
+    std::fs::remove_dir_all(&dest).unwrap();
+
+    // A timed-out command running as root through sudo is stopped too.
+    let err = t
+        .exec(Exec::new("sleep 988").timeout(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err:?}");
+    wait_gone(&sshd, "sleep 988").await;
+}
+
+/// Polls (with a deadline) until no process under `sshd` has `pattern` in
+/// its command line.
+async fn wait_gone(sshd: &Sshd, pattern: &str) {
+    // Generous: on a loaded 2-core machine root's .bashrc alone takes seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<_> = sshd
+            .descendants()
+            .into_iter()
+            .filter(|(_, c)| c.contains(pattern))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still running: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sudo_that_wants_a_password_is_a_clear_error() {
+    let sshd = Sshd::start();
+    ensure_user("provtest_pw", SudoRule::Password);
+    sshd.authorize("provtest_pw", &sshd.client_key.with_extension("pub"));
+    let mut tg = target(&sshd);
+    tg.user = "provtest_pw".into();
+    tg.sudo = true;
+    let t = SshTransport::connect(tg).await.unwrap();
+    let err = t.exec(Exec::new("apt-get update")).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::SudoNeedsPassword { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("provtest_pw") && msg.contains("testhost"),
+        "{msg}"
+    );
+    // The message names the command's first word only.
+    assert!(
+        msg.contains("`apt-get`") && !msg.contains("update"),
+        "{msg}"
+    );
+    // Detected also when the output is not captured.
+    let err = t.exec(Exec::new("true").capture(false)).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::SudoNeedsPassword { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_keys_authenticate() {
+    let sshd = Sshd::start();
+    for kind in ["rsa", "ecdsa"] {
+        let key = sshd.new_key(&format!("id_{kind}"), kind, "");
+        sshd.authorize("root", &key.with_extension("pub"));
+        let mut tg = target(&sshd);
+        tg.identity = Some(key);
+        let t = SshTransport::connect(tg)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}\n{}", sshd.log()));
+        assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    }
+    // RSA signed with SHA-2, as OpenSSH 9 requires.
+    assert!(sshd.log().contains("RSA SHA256:"), "{}", sshd.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passphrase_protected_key_via_env_var() {
+    let sshd = Sshd::start();
+    let key = sshd.new_key("id_locked", "ed25519", "correct horse");
+    sshd.authorize("root", &key.with_extension("pub"));
+    let var = format!("PROVTEST_PASSPHRASE_{}", std::process::id());
+    std::env::set_var(&var, "correct horse");
+    let mut tg = target(&sshd);
+    tg.identity = Some(key.clone());
+    tg.passphrase_env = Some(var.clone());
+    let t = SshTransport::connect(tg.clone()).await.unwrap();
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+
+    // A wrong or missing passphrase is named in the error (no TTY in tests).
+    let wrong = format!("{var}_WRONG");
+    std::env::set_var(&wrong, "nope");
+    tg.passphrase_env = Some(wrong);
+    let msg = SshTransport::connect(tg.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("wrong passphrase"), "{msg}");
+    assert!(!msg.contains("nope"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_config_alias_and_proxy_jump() {
+    let sshd = Sshd::start();
+    let home = sshd.subdir("alias-home");
+    std::fs::write(
+        home.join("config"),
+        format!(
+            "Host web-alias\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n\n\
+             Host behind\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  ProxyJump root@127.0.0.1:{port}\n\n\
+             Host 127.0.0.1\n  IdentityFile {key}\n",
+            port = sshd.port,
+            key = sshd.client_key.display()
+        ),
+    )
+    .unwrap();
+    for alias in ["web-alias", "behind"] {
+        let mut tg = SshTarget::new(alias, alias);
+        tg.known_hosts = vec![sshd.known_hosts_file()];
+        tg.ssh_dir = Some(home.clone());
+        let t = SshTransport::connect(tg)
+            .await
+            .unwrap_or_else(|e| panic!("{alias}: {e}\n{}", sshd.log()));
+        assert_eq!(t.user(), "root");
+        let out = t.exec(Exec::new("echo $SSH_CONNECTION")).await.unwrap();
+        assert!(out.stdout_str().starts_with("127.0.0.1 "), "{out:?}");
+    }
+    // Two logins for "behind": the jump host, then the target through it.
+    assert_eq!(sshd.log().matches("Accepted publickey").count(), 3);
+}
+
+/// A port on 127.0.0.1 that refuses connections and that no parallel test
+/// can take: a socket bound to it but not listening (closed on drop).
+struct RefusingPort {
+    fd: i32,
+    port: u16,
+}
+
+impl RefusingPort {
+    fn new() -> Self {
+        // SAFETY: plain socket/bind/getsockname calls on a fresh fd with
+        // correctly sized sockaddr_in buffers.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            let mut len2 = len;
+            libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len2);
+            RefusingPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+}
+
+impl Drop for RefusingPort {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this value owns.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_names_host_and_address() {
+    let closed = RefusingPort::new();
+    let mut tg = SshTarget::new("nohost", "127.0.0.1");
+    tg.port = closed.port;
+    tg.user = "root".into();
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::ConnectRefused { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with(&format!(
+        "nohost: cannot connect to 127.0.0.1:{}",
+        closed.port
+    )));
+}
+
+#[tokio::test]
+async fn a_server_that_never_speaks_ssh_times_out_clearly() {
+    // Accepts TCP (the kernel's backlog) but never sends a banner.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut tg = SshTarget::new("mute", "127.0.0.1");
+    tg.port = port;
+    tg.user = "root".into();
+    tg.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("mute: SSH handshake with 127.0.0.1:{port} failed")),
+        "{msg}"
+    );
+    assert!(msg.contains("no answer within 0.5s"), "{msg}");
+}
