@@ -17,6 +17,9 @@ pub fn init() {
 
 pub fn mark(phase: &str) {
     if let Some(t) = start() {
-        eprintln!("timing: {:>7.1} ms  {phase}", t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "timing: {:>7.1} ms  {phase}",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
 }

@@ -118,6 +118,30 @@ fn every_malformed_file_names_line_and_key() {
     }
 }
 
+/// The same files through the command line: exit code 2, the message on
+/// stderr, nothing on stdout.
+#[test]
+fn every_malformed_file_exits_2_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (src, line, key, _)) in cases().iter().enumerate() {
+        std::fs::write(dir.path().join("hosts.toml"), src).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(dir.path())
+            .args(["--hosts", "hosts.toml", "--dry-run"])
+            .env_remove("PG_PASSWORD")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("hosts.toml:{line}:")),
+            "case {i}: no line {line} in {err}"
+        );
+        assert!(err.contains(key), "case {i}: no key {key} in {err}");
+        assert!(out.stdout.is_empty(), "case {i}: printed a plan");
+    }
+}
+
 #[test]
 fn all_errors_are_reported_not_only_the_first() {
     let src = format!("{VALID}\n[hosts.cache]\nadress = \"x\"\n[services.redis]\nhost = \"nope\"\nuses = [\"nada\"]\n");
