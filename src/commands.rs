@@ -117,6 +117,20 @@ pub fn probe(project: &str, bases: &[String]) -> String {
     )
 }
 
+/// The part of the probe the Docker API cannot answer: the firewall chain,
+/// images the host failed to pull, and the host's clock.
+pub fn probe_extras(project: &str) -> String {
+    let chain = firewall_chain(project);
+    format!(
+        "echo '@firewall'; {} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked; \
+         echo '@unpullable'; cat {} 2>/dev/null; echo \"@now $(date +%s)\"; true",
+        shell(&argv(["iptables", "-w", "-S", &chain])),
+        shell(&argv(["iptables", "-w", "-C", "DOCKER-USER", "-j", &chain])),
+        shell(&[unpullable_file(project)])
+    )
+}
+
+/// Images a host could not pull, one `IMAGE EPOCH` line each.
 pub fn unpullable_file(project: &str) -> String {
     format!("{}/unpullable", remote_root(project))
 }

@@ -122,7 +122,11 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
                 .iter()
                 .flat_map(|s| s.bases.iter().cloned())
                 .collect();
-            let line = commands::probe(&plan.project, &bases.into_iter().collect::<Vec<_>>());
+            let bases: Vec<String> = bases.into_iter().collect();
+            if let Some(text) = crate::docker_api::probe(t.as_ref(), &plan.project, &bases).await {
+                return Some(Ok(HostState::parse(&text)));
+            }
+            let line = commands::probe(&plan.project, &bases);
             match t
                 .exec(
                     Exec::new(line)

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
+pub mod docker_api;
 pub mod executor;
 pub mod inventory;
 pub mod load;

@@ -31,6 +31,16 @@ impl Default for LocalTransport {
 
 #[async_trait]
 impl Transport for LocalTransport {
+    async fn unix_stream(
+        &self,
+        path: &str,
+    ) -> Result<Option<Box<dyn super::DuplexStream>>, TransportError> {
+        Ok(tokio::net::UnixStream::connect(path)
+            .await
+            .ok()
+            .map(|s| Box::new(s) as Box<dyn super::DuplexStream>))
+    }
+
     async fn exec(&self, req: Exec) -> Result<ExecOutput, TransportError> {
         let label = command_label(&req.line);
         let io_err = |e: std::io::Error| TransportError::Channel {

@@ -17,7 +17,7 @@ pub use local::LocalTransport;
 pub use ssh::{HostKeyPolicy, SshTarget, SshTransport};
 
 use async_trait::async_trait;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A way to run shell lines on one host.
 #[async_trait]
@@ -39,7 +39,22 @@ pub trait Transport: Send + Sync {
 
     /// The host's name, for messages.
     fn name(&self) -> &str;
+
+    /// A byte stream to a Unix socket on the host (Docker's API socket),
+    /// opened without starting a process there. `None` when this transport
+    /// cannot (e.g. a sudo user, who may not read the socket).
+    async fn unix_stream(
+        &self,
+        _path: &str,
+    ) -> Result<Option<Box<dyn DuplexStream>>, TransportError> {
+        Ok(None)
+    }
 }
+
+/// A two-way byte stream.
+pub trait DuplexStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> DuplexStream for T {}
 
 /// The shell line that extracts a tar read from stdin into `dest_dir`.
 ///

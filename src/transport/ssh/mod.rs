@@ -302,6 +302,22 @@ impl Transport for SshTransport {
         }
     }
 
+    async fn unix_stream(
+        &self,
+        path: &str,
+    ) -> Result<Option<Box<dyn super::DuplexStream>>, TransportError> {
+        if self.inner.target.sudo {
+            return Ok(None);
+        }
+        let conn = self.conn().await?;
+        match conn.handle.channel_open_direct_streamlocal(path).await {
+            Ok(ch) => Ok(Some(Box::new(ch.into_stream()))),
+            // Forwarding refused (AllowStreamLocalForwarding no, or no socket):
+            // the caller falls back to running commands.
+            Err(_) => Ok(None),
+        }
+    }
+
     async fn upload_tar(
         &self,
         dest_dir: &str,
