@@ -217,16 +217,28 @@ fn same_state_both_ways(lab: &Lab) {
     use provision::probe::HostState;
     use provision::transport::{Exec, SshTransport, Transport};
     let env = |_: &str| None;
-    let loaded = provision::load::load(&lab.dir.path().join("hosts.toml"), &env, provision::secrets::Generate::Store).unwrap();
+    let loaded = provision::load::load(
+        &lab.dir.path().join("hosts.toml"),
+        &env,
+        provision::secrets::Generate::Store,
+    )
+    .unwrap();
     let plan = provision::cli::build_plan(&loaded).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for hp in &plan.hosts {
         let host = loaded.inventory.host(&hp.host).unwrap();
         let bases: Vec<String> = hp.steps.iter().flat_map(|s| s.bases.clone()).collect();
         let (api, cli) = rt.block_on(async {
-            let t = SshTransport::connect(provision::run::ssh_target(&loaded.inventory, host)).await.unwrap();
-            let api = provision::docker_api::probe(&t, &plan.project, &bases).await.expect("API probe over SSH");
-            let out = t.exec(Exec::new(provision::commands::probe(&plan.project, &bases))).await.unwrap();
+            let t = SshTransport::connect(provision::run::ssh_target(&loaded.inventory, host))
+                .await
+                .unwrap();
+            let api = provision::docker_api::probe(&t, &plan.project, &bases)
+                .await
+                .expect("API probe over SSH");
+            let out = t
+                .exec(Exec::new(provision::commands::probe(&plan.project, &bases)))
+                .await
+                .unwrap();
             (HostState::parse(&api), HostState::parse(&out.stdout_str()))
         });
         let mut api = api;
