@@ -4,10 +4,12 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
 pub mod executor;
+pub mod host_lock;
 pub mod inventory;
 pub mod load;
 pub mod machines;
@@ -19,3 +21,4 @@ pub mod run;
 pub mod secrets;
 pub mod templates;
 pub mod transport;
+pub mod volume_cli;
