@@ -365,8 +365,9 @@ pub fn backup_volumes(volumes: &[String], image: &str, restart: bool) -> String 
     let mut lines = vec!["set -e".to_string()];
     for v in volumes {
         let q = shell(std::slice::from_ref(v));
+        let msg = shell(&[format!("no volume {v} on this host")]);
         lines.push(format!(
-            "docker volume inspect {q} >/dev/null 2>&1 || {{ echo \"no volume {v} on this host\" >&2; exit 3; }}",
+            "docker volume inspect {q} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 3; }}",
         ));
     }
     let mut ps = argv(["docker", "ps", "-q"]);
@@ -664,6 +665,65 @@ mod tests {
     #[test]
     fn untar_quotes_the_folder() {
         assert_eq!(untar_into("/var/lib/provision/p/build/x"), "rm -rf /var/lib/provision/p/build/x && mkdir -p /var/lib/provision/p/build/x && tar -x -p --no-same-owner -f - -C /var/lib/provision/p/build/x");
+    }
+
+    #[test]
+    fn backup_stops_users_copies_read_only_and_restarts() {
+        let b = backup_volumes(&["pgdata".into(), "my vol".into()], "debian:bookworm", true);
+        assert_eq!(
+            b,
+            "set -e\n\
+             docker volume inspect pgdata >/dev/null 2>&1 || { echo 'no volume pgdata on this host' >&2; exit 3; }\n\
+             docker volume inspect 'my vol' >/dev/null 2>&1 || { echo 'no volume my vol on this host' >&2; exit 3; }\n\
+             ids=$(docker ps -q --filter 'volume=pgdata' --filter 'volume=my vol')\n\
+             [ -z \"$ids\" ] || docker stop $ids >/dev/null\n\
+             rc=0\n\
+             docker run --rm --log-driver none --volume pgdata:/volumes/pgdata:ro --volume 'my vol:/volumes/my vol:ro' debian:bookworm tar -C /volumes -cf - pgdata 'my vol' || rc=$?\n\
+             [ -z \"$ids\" ] || docker start $ids >/dev/null\n\
+             exit $rc"
+        );
+        // Before a replacement: started again only if the copy failed.
+        let pre = backup_volumes(&["d".into()], "img", false);
+        assert!(
+            pre.contains("[ $rc -eq 0 ] || { [ -z \"$ids\" ] || docker start $ids >/dev/null; }")
+        );
+    }
+
+    #[test]
+    fn restore_extracts_beside_and_swaps_only_when_complete() {
+        let r = restore_volume("pg", "pgdata", "pgdata", "debian:bookworm");
+        assert!(r.starts_with("set -e\ndocker volume inspect pgdata >/dev/null 2>&1 || docker volume create --label 'provision.project=pg' pgdata >/dev/null\n"));
+        assert!(r.contains("ids=$(docker ps -q --filter 'volume=pgdata')"));
+        assert!(r.contains("docker run --rm -i --log-driver none --volume pgdata:/volumes/pgdata debian:bookworm sh -c "));
+        assert!(r.ends_with(" restore pgdata /volumes/pgdata || rc=$?\n[ -z \"$ids\" ] || docker start $ids >/dev/null\nexit $rc"));
+        // The old content goes only after tar read the whole archive.
+        let extract = RESTORE_IN_CONTAINER
+            .find("tar -C .provision-incoming")
+            .unwrap();
+        let wipe = RESTORE_IN_CONTAINER
+            .find("! -name .provision-incoming -exec rm")
+            .unwrap();
+        assert!(extract < wipe);
+    }
+
+    #[test]
+    fn lock_is_a_mkdir_with_info_and_release_checks_the_owner() {
+        let take = lock_take("pg", "me@here (pid 1, run ab): provision up", false);
+        assert_eq!(
+            take,
+            "mkdir -p /var/lib/provision/pg\n\
+             if mkdir /var/lib/provision/pg/lock 2>/dev/null; then printf '%s since %s\\n' 'me@here (pid 1, run ab): provision up' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > /var/lib/provision/pg/lock/info; \
+             else echo @locked; cat /var/lib/provision/pg/lock/info 2>/dev/null; exit 75; fi"
+        );
+        assert!(lock_take("pg", "x", true).contains("rm -rf /var/lib/provision/pg/lock; fi"));
+        assert_eq!(
+            lock_release("pg", "me (run ab)"),
+            "case \"$(cat /var/lib/provision/pg/lock/info 2>/dev/null)\" in 'me (run ab)'*) rm -rf /var/lib/provision/pg/lock;; esac"
+        );
+        assert_eq!(
+            audit_append("pg", "me\tprovision up\nx\tok"),
+            "mkdir -p /var/lib/provision/pg && printf '%s\\t%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" 'me\tprovision up x\tok' >> /var/lib/provision/pg/audit.log"
+        );
     }
 
     #[test]

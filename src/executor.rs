@@ -747,3 +747,46 @@ pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
     }
     b.into_inner()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Condition;
+
+    fn step(id: &str, kind: StepKind, needs: &[&str]) -> Step {
+        Step {
+            id: id.into(),
+            host: id.split('/').next().unwrap().into(),
+            service: None,
+            kind,
+            summary: id.into(),
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            when: Condition::Always,
+            actions: vec![],
+            upstream: false,
+            bases: vec![],
+        }
+    }
+
+    #[test]
+    fn only_keeps_its_host_and_runs_elsewhere_that_need_it() {
+        let only = Some("db");
+        let rails = step(
+            "web/rails/run",
+            StepKind::Run,
+            &["web/rails/build", "db/postgis/ready", "web/redis/ready"],
+        );
+        let redis = step("web/redis/run", StepKind::Run, &["web/redis/build"]);
+        let build = step("web/rails/build", StepKind::Build, &["db/network"]);
+        assert!(only_includes(
+            only,
+            &step("db/docker", StepKind::Docker, &[])
+        ));
+        assert!(only_includes(only, &rails));
+        assert!(!only_includes(only, &redis));
+        assert!(!only_includes(only, &build), "never a build elsewhere");
+        assert!(only_includes(None, &redis));
+        // `db` is not a prefix of `dbx`.
+        assert!(!only_includes(Some("d"), &rails));
+    }
+}

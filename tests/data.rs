@@ -3,8 +3,8 @@
 //!
 //! 1. provision web + db, create rows through nginx -> rails -> postgis,
 //!    `backup db`;
-//! 2. destroy db (machine and volumes) and create a blank one at a new
-//!    address;
+//! 2. destroy db (its machine and the volume holding its Docker data) and
+//!    create a blank one at a new address;
 //! 3. `--only db --restore-from FILE`: the old rows are served from the new
 //!    db, rails was re-wired, nothing else on web restarted;
 //! 4. `migrate` of a volume web -> db keeps every byte; a held lock is
@@ -361,18 +361,15 @@ fn backup_replace_a_failed_host_migrate_and_partial_failure() {
         .collect();
 
     // 2. Destroy db completely; a blank machine at a new address.
-    let only_db = format!(
-        "[project]\nname = \"{}\"\n\n[hosts.db]\nmachine = \"local\"\naddress = \"{}\"\n",
-        lab.project,
-        lab.addr(11)
-    );
-    std::fs::write(lab.path().join("db-only.toml"), only_db).unwrap();
-    let out = Command::new(BIN)
-        .current_dir(lab.path())
-        .args(["--hosts", "db-only.toml", "down", "--volumes"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let machine = format!("{}-db", lab.project);
+    let machine_volume = format!("{machine}-docker");
+    for args in [
+        vec!["rm", "--force", machine.as_str()],
+        vec!["volume", "rm", machine_volume.as_str()],
+    ] {
+        let out = Command::new("docker").args(&args).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+    }
     lab.write_hosts(12, false, "UTC");
 
     // 3. Bring db back alone, its volume filled from the backup.
@@ -454,7 +451,6 @@ fn backup_replace_a_failed_host_migrate_and_partial_failure() {
     // 5. db down during a full run (a plain SSH host now, so the run does
     // not start its machine); redis' spec changes on web.
     lab.write_hosts(12, true, "Europe/Rome");
-    let machine = format!("{}-db", lab.project);
     let stop = Command::new("docker")
         .args(["stop", &machine])
         .output()
