@@ -44,6 +44,16 @@ pub struct Cli {
     #[arg(long)]
     pub machines_only: bool,
 
+    /// With --only: fill the host's new (missing) volumes from this backup
+    /// file before its services start; `latest` takes the newest backup of
+    /// that host in STATE_DIR/backups.
+    #[arg(long, value_name = "FILE|latest")]
+    pub restore_from: Option<PathBuf>,
+
+    /// Remove a stale run lock on the hosts first (the run that held it is gone).
+    #[arg(long, global = true)]
+    pub break_lock: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -65,6 +75,30 @@ pub enum Command {
     },
     /// Show each machine and service.
     Status,
+    /// Stream a tar of a host's volumes (or one volume) to a local file.
+    /// Containers using them are stopped for the copy and started again.
+    Backup {
+        /// HOST (every volume its services mount) or HOST:VOLUME.
+        target: String,
+        /// Default: STATE_DIR/backups/HOST-YYYYMMDDTHHMMSSZ.tar
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Stream a backup file back into a host's volumes (replacing their content).
+    Restore {
+        /// HOST (every volume in the file) or HOST:VOLUME.
+        target: String,
+        file: PathBuf,
+    },
+    /// Copy a volume from one host to another, streamed through this
+    /// computer (no temporary file).
+    Migrate {
+        volume: String,
+        #[arg(long, value_name = "HOST")]
+        from: String,
+        #[arg(long, value_name = "HOST")]
+        to: String,
+    },
 }
 
 pub fn run() -> i32 {
@@ -79,6 +113,24 @@ pub fn run() -> i32 {
             with_inventory(&cli, |inv| async move { down(&inv, volumes).await })
         }
         Some(Command::Status) => with_inventory(&cli, |inv| async move { status(&inv).await }),
+        Some(Command::Backup { target, output }) => {
+            let brk = cli.break_lock;
+            with_inventory(&cli, |inv| async move {
+                crate::volume_cli::backup(&inv, target, output.as_deref(), brk).await
+            })
+        }
+        Some(Command::Restore { target, file }) => {
+            let brk = cli.break_lock;
+            with_inventory(&cli, |inv| async move {
+                crate::volume_cli::restore(&inv, target, file, brk).await
+            })
+        }
+        Some(Command::Migrate { volume, from, to }) => {
+            let brk = cli.break_lock;
+            with_inventory(&cli, |inv| async move {
+                crate::volume_cli::migrate(&inv, volume, from, to, brk).await
+            })
+        }
         None | Some(Command::Up) => {
             let loaded = match load::load(&cli.hosts, &env, Generate::Store) {
                 Ok(l) => l,
@@ -178,7 +230,14 @@ where
 async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
     let inv = &loaded.inventory;
     crate::timing::mark("planned");
-    if let Err(e) = run::machines_up(inv).await {
+    let opts = match run_options(cli, inv) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    if let Err(e) = run::machines_up_for(inv, cli.only.as_deref()).await {
         eprintln!("error: {e}");
         return EXIT_FAILED;
     }
@@ -192,7 +251,7 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
         return EXIT_OK;
     }
     crate::timing::mark("machines checked");
-    let reports = run::up(loaded, &plan).await;
+    let reports = run::up_with(loaded, &plan, &opts, cli.break_lock).await;
     crate::timing::mark("done");
     print!("{}", loaded.secrets.mask(&run::summary(&reports, inv)));
     if reports.iter().all(|r| r.ok()) {
@@ -200,6 +259,48 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
     } else {
         EXIT_FAILED
     }
+}
+
+/// `--only`, `--restore-from` and the backup folder, checked before anything runs.
+fn run_options(cli: &Cli, inv: &Inventory) -> Result<crate::executor::Options, String> {
+    let backups = inv.project.state_dir.join("backups");
+    let mut opts = crate::executor::Options {
+        only: cli.only.clone(),
+        backup_dir: Some(backups.clone()),
+        restore: None,
+    };
+    if let Some(only) = &cli.only {
+        if inv.host(only).is_none() {
+            let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(format!(
+                "--only {only}: no such host in {} (hosts: {})",
+                inv.file.display(),
+                names.join(", ")
+            ));
+        }
+    }
+    if let Some(from) = &cli.restore_from {
+        let Some(host) = &cli.only else {
+            return Err("--restore-from needs --only HOST: the host whose volumes it fills".into());
+        };
+        let file = if from.as_os_str() == "latest" {
+            crate::backup::latest_backup(&backups, host).ok_or_else(|| {
+                format!(
+                    "--restore-from latest: no backup of {host} in {}",
+                    backups.display()
+                )
+            })?
+        } else {
+            from.clone()
+        };
+        let volumes = crate::backup::archive_volumes(&file)?;
+        opts.restore = Some(crate::executor::Restore {
+            host: host.clone(),
+            file,
+            volumes,
+        });
+    }
+    Ok(opts)
 }
 
 async fn down(inv: &Inventory, volumes: bool) -> i32 {

@@ -393,6 +393,175 @@ pub fn firewall_chain(project: &str) -> String {
     c
 }
 
+/// Where a volume is mounted inside the throwaway container that reads or
+/// writes it: `/volumes/NAME`, so a tar made with `-C /volumes` holds one
+/// top-level folder per volume.
+pub fn volume_mount_point(volume: &str) -> String {
+    format!("/volumes/{volume}")
+}
+
+/// Stream a tar of `volumes` to stdout, read through a throwaway container of
+/// `image` (the seed's `docker run --rm --volumes-from ... tar`). Containers
+/// that use the volumes are stopped for the copy so it is consistent (a
+/// stopped PostgreSQL has checkpointed), and started again afterwards
+/// (always when `restart`, else only if the copy failed: the caller is about
+/// to replace them). A missing volume is an error, never an empty archive.
+pub fn backup_volumes(volumes: &[String], image: &str, restart: bool) -> String {
+    let mut lines = vec!["set -e".to_string()];
+    for v in volumes {
+        let q = shell(std::slice::from_ref(v));
+        let msg = shell(&[format!("no volume {v} on this host")]);
+        lines.push(format!(
+            "docker volume inspect {q} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 3; }}",
+        ));
+    }
+    let mut ps = argv(["docker", "ps", "-q"]);
+    for v in volumes {
+        ps.push("--filter".into());
+        ps.push(format!("volume={v}"));
+    }
+    lines.push(format!("ids=$({})", shell(&ps)));
+    lines.push("[ -z \"$ids\" ] || docker stop $ids >/dev/null".into());
+    let mut run = argv(["docker", "run", "--rm", "--log-driver", "none"]);
+    for v in volumes {
+        run.push("--volume".into());
+        run.push(format!("{v}:{}:ro", volume_mount_point(v)));
+    }
+    run.extend(argv([image, "tar", "-C", "/volumes", "-cf", "-"]));
+    run.extend(volumes.iter().cloned());
+    lines.push("rc=0".into());
+    lines.push(format!("{} || rc=$?", shell(&run)));
+    let start = "[ -z \"$ids\" ] || docker start $ids >/dev/null";
+    if restart {
+        lines.push(start.into());
+    } else {
+        lines.push(format!("[ $rc -eq 0 ] || {{ {start}; }}"));
+    }
+    lines.push("exit $rc".into());
+    lines.join("\n")
+}
+
+/// The script the throwaway container runs to replace a volume's content
+/// with folder `$1` of the tar on stdin. It extracts beside the old content
+/// first and swaps only when the whole archive was read: a truncated stream
+/// leaves the old content untouched.
+const RESTORE_IN_CONTAINER: &str = r#"set -e
+m="$1"
+cd "$2"
+rm -rf .provision-incoming
+mkdir .provision-incoming
+if ! tar -C .provision-incoming --numeric-owner -xpf - "$m"; then
+  rm -rf .provision-incoming
+  echo "the archive is incomplete or has no folder $m: volume left as it was" >&2
+  exit 4
+fi
+find . -mindepth 1 -maxdepth 1 ! -name .provision-incoming -exec rm -rf {} +
+find ".provision-incoming/$m" -mindepth 1 -maxdepth 1 -exec mv -t . {} +
+chown --reference=".provision-incoming/$m" .
+chmod --reference=".provision-incoming/$m" .
+rm -rf .provision-incoming"#;
+
+/// Replace the content of `volume` with folder `member` of the tar read on
+/// stdin (creating the volume when missing). Containers using the volume are
+/// stopped meanwhile and started again.
+pub fn restore_volume(project: &str, volume: &str, member: &str, image: &str) -> String {
+    let q = shell(&[volume.to_string()]);
+    let mount = volume_mount_point(volume);
+    let run = argv([
+        "docker".to_string(),
+        "run".into(),
+        "--rm".into(),
+        "-i".into(),
+        "--log-driver".into(),
+        "none".into(),
+        "--volume".into(),
+        format!("{volume}:{mount}"),
+        image.into(),
+        "sh".into(),
+        "-c".into(),
+        RESTORE_IN_CONTAINER.into(),
+        "restore".into(),
+        member.into(),
+        mount,
+    ]);
+    [
+        "set -e".to_string(),
+        format!(
+            "docker volume inspect {q} >/dev/null 2>&1 || {} >/dev/null",
+            shell(&volume_create(project, volume))
+        ),
+        format!(
+            "ids=$({})",
+            shell(&argv([
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                &format!("volume={volume}")
+            ]))
+        ),
+        "[ -z \"$ids\" ] || docker stop $ids >/dev/null".into(),
+        "rc=0".into(),
+        format!("{} || rc=$?", shell(&run)),
+        "[ -z \"$ids\" ] || docker start $ids >/dev/null".into(),
+        "exit $rc".into(),
+    ]
+    .join("\n")
+}
+
+/// The named volumes a container mounts, one per line.
+pub fn container_volumes(container: &str) -> Vec<String> {
+    argv([
+        "docker",
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Type \"volume\"}}{{println .Name}}{{end}}{{end}}",
+        container,
+    ])
+}
+
+/// Take the run lock of a project on a host: `mkdir` is atomic, so of two
+/// runs exactly one gets it. The winner writes `info` (owner, time, command)
+/// into it; a loser prints the holder's info after `@locked` and exits 75.
+/// `break_lock` removes a (stale) lock first.
+pub fn lock_take(project: &str, info: &str, break_lock: bool) -> String {
+    let root = remote_root(project);
+    let dir = shell(&[format!("{root}/lock")]);
+    let mut lines = vec![format!("mkdir -p {}", shell(&[root]))];
+    if break_lock {
+        lines.push(format!(
+            "if [ -d {dir} ]; then echo \"@broken $(cat {dir}/info 2>/dev/null)\"; rm -rf {dir}; fi"
+        ));
+    }
+    lines.push(format!(
+        "if mkdir {dir} 2>/dev/null; then printf '%s since %s\\n' {} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {dir}/info; \
+         else echo @locked; cat {dir}/info 2>/dev/null; exit 75; fi",
+        shell(&[info.to_string()])
+    ));
+    lines.join("\n")
+}
+
+/// Release the lock if it is still ours (its info starts with `info`).
+pub fn lock_release(project: &str, info: &str) -> String {
+    let dir = shell(&[format!("{}/lock", remote_root(project))]);
+    format!(
+        "case \"$(cat {dir}/info 2>/dev/null)\" in {}*) rm -rf {dir};; esac",
+        shell(&[info.to_string()])
+    )
+}
+
+/// Append one line to the project's audit log on the host, prefixed with the
+/// host's UTC time.
+pub fn audit_append(project: &str, line: &str) -> String {
+    let root = remote_root(project);
+    format!(
+        "mkdir -p {} && printf '%s\\t%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" {} >> {}",
+        shell(std::slice::from_ref(&root)),
+        shell(&[line.replace(['\n', '\r'], " ")]),
+        shell(&[format!("{root}/audit.log")])
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,6 +710,65 @@ mod tests {
     #[test]
     fn untar_quotes_the_folder() {
         assert_eq!(untar_into("/var/lib/provision/p/build/x"), "rm -rf /var/lib/provision/p/build/x && mkdir -p /var/lib/provision/p/build/x && tar -x -p --no-same-owner -f - -C /var/lib/provision/p/build/x");
+    }
+
+    #[test]
+    fn backup_stops_users_copies_read_only_and_restarts() {
+        let b = backup_volumes(&["pgdata".into(), "my vol".into()], "debian:bookworm", true);
+        assert_eq!(
+            b,
+            "set -e\n\
+             docker volume inspect pgdata >/dev/null 2>&1 || { echo 'no volume pgdata on this host' >&2; exit 3; }\n\
+             docker volume inspect 'my vol' >/dev/null 2>&1 || { echo 'no volume my vol on this host' >&2; exit 3; }\n\
+             ids=$(docker ps -q --filter 'volume=pgdata' --filter 'volume=my vol')\n\
+             [ -z \"$ids\" ] || docker stop $ids >/dev/null\n\
+             rc=0\n\
+             docker run --rm --log-driver none --volume pgdata:/volumes/pgdata:ro --volume 'my vol:/volumes/my vol:ro' debian:bookworm tar -C /volumes -cf - pgdata 'my vol' || rc=$?\n\
+             [ -z \"$ids\" ] || docker start $ids >/dev/null\n\
+             exit $rc"
+        );
+        // Before a replacement: started again only if the copy failed.
+        let pre = backup_volumes(&["d".into()], "img", false);
+        assert!(
+            pre.contains("[ $rc -eq 0 ] || { [ -z \"$ids\" ] || docker start $ids >/dev/null; }")
+        );
+    }
+
+    #[test]
+    fn restore_extracts_beside_and_swaps_only_when_complete() {
+        let r = restore_volume("pg", "pgdata", "pgdata", "debian:bookworm");
+        assert!(r.starts_with("set -e\ndocker volume inspect pgdata >/dev/null 2>&1 || docker volume create --label 'provision.project=pg' pgdata >/dev/null\n"));
+        assert!(r.contains("ids=$(docker ps -q --filter 'volume=pgdata')"));
+        assert!(r.contains("docker run --rm -i --log-driver none --volume pgdata:/volumes/pgdata debian:bookworm sh -c "));
+        assert!(r.ends_with(" restore pgdata /volumes/pgdata || rc=$?\n[ -z \"$ids\" ] || docker start $ids >/dev/null\nexit $rc"));
+        // The old content goes only after tar read the whole archive.
+        let extract = RESTORE_IN_CONTAINER
+            .find("tar -C .provision-incoming")
+            .unwrap();
+        let wipe = RESTORE_IN_CONTAINER
+            .find("! -name .provision-incoming -exec rm")
+            .unwrap();
+        assert!(extract < wipe);
+    }
+
+    #[test]
+    fn lock_is_a_mkdir_with_info_and_release_checks_the_owner() {
+        let take = lock_take("pg", "me@here (pid 1, run ab): provision up", false);
+        assert_eq!(
+            take,
+            "mkdir -p /var/lib/provision/pg\n\
+             if mkdir /var/lib/provision/pg/lock 2>/dev/null; then printf '%s since %s\\n' 'me@here (pid 1, run ab): provision up' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > /var/lib/provision/pg/lock/info; \
+             else echo @locked; cat /var/lib/provision/pg/lock/info 2>/dev/null; exit 75; fi"
+        );
+        assert!(lock_take("pg", "x", true).contains("rm -rf /var/lib/provision/pg/lock; fi"));
+        assert_eq!(
+            lock_release("pg", "me (run ab)"),
+            "case \"$(cat /var/lib/provision/pg/lock/info 2>/dev/null)\" in 'me (run ab)'*) rm -rf /var/lib/provision/pg/lock;; esac"
+        );
+        assert_eq!(
+            audit_append("pg", "me\tprovision up\nx\tok"),
+            "mkdir -p /var/lib/provision/pg && printf '%s\\t%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" 'me\tprovision up x\tok' >> /var/lib/provision/pg/audit.log"
+        );
     }
 
     #[test]

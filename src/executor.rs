@@ -4,6 +4,7 @@
 //! on, and the report says what failed where.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub struct HostReport {
     pub skipped: Vec<(String, String)>,
     pub failed: Vec<(String, String)>,
     pub blocked: Vec<(String, String)>,
+    /// Things the user must know about (where an automatic backup went).
+    pub notes: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -102,6 +105,29 @@ fn timeout_for(kind: StepKind) -> Duration {
     }
 }
 
+/// What a run does beyond converging every host.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Converge this host; on the others run only the Run steps whose
+    /// spec changed and that need something on it (plus their readiness
+    /// waits). Every other pending step elsewhere is skipped.
+    pub only: Option<String>,
+    /// Where volumes are backed up before a container holding them is
+    /// replaced. None: no automatic backup.
+    pub backup_dir: Option<PathBuf>,
+    /// Fill volumes created on a (blank) host from a backup file before its
+    /// services start.
+    pub restore: Option<Restore>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub host: String,
+    pub file: PathBuf,
+    /// The volumes the file holds.
+    pub volumes: Vec<String>,
+}
+
 pub struct Host {
     pub plan: HostPlan,
     pub transport: Result<Arc<dyn Transport>, String>,
@@ -110,18 +136,30 @@ pub struct Host {
 /// Execute the plan. `hosts` come with their connections (or the reason
 /// there is none); hosts of the plan missing from it are not touched.
 pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> Vec<HostReport> {
+    execute_with(plan, hosts, progress, &Options::default()).await
+}
+
+/// [`execute`] with [`Options`].
+pub async fn execute_with(
+    plan: &Plan,
+    hosts: Vec<Host>,
+    progress: Arc<Progress>,
+    opts: &Options,
+) -> Vec<HostReport> {
     let started = Instant::now();
+    let opts = Arc::new(opts.clone());
     // Phase 1: probe every reachable host in parallel.
     let probes = futures::future::join_all(hosts.iter().map(|h| {
         let progress = progress.clone();
         async move {
             let t = h.transport.as_ref().ok()?;
-            let bases: BTreeSet<String> = h
+            let mut bases: BTreeSet<String> = h
                 .plan
                 .steps
                 .iter()
                 .flat_map(|s| s.bases.iter().cloned())
                 .collect();
+            bases.insert(crate::backup::DATA_IMAGE.to_string());
             let bases: Vec<String> = bases.into_iter().collect();
             if let Some(text) = crate::docker_api::probe(t.as_ref(), &plan.project, &bases).await {
                 return Some(Ok(HostState::parse(&text)));
@@ -150,6 +188,8 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
     // Phase 2: what is pending everywhere, so a readiness wait runs only
     // when something starts that needs it.
     let mut pending: HashSet<String> = HashSet::new();
+    // Pending steps left out by --only.
+    let mut excluded: HashSet<String> = HashSet::new();
     for (h, p) in hosts.iter().zip(&probes) {
         let state = match p {
             Some(Ok(s)) => s,
@@ -157,7 +197,11 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
         };
         for s in &h.plan.steps {
             if state.holds(&s.when) && s.kind != StepKind::Ready {
-                pending.insert(s.id.clone());
+                if only_includes(opts.only.as_deref(), s) {
+                    pending.insert(s.id.clone());
+                } else {
+                    excluded.insert(s.id.clone());
+                }
             }
         }
     }
@@ -177,18 +221,24 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
     // Phase 3: every host at once.
     let board = Arc::new(Board::default());
     let pending = Arc::new(pending);
+    let excluded = Arc::new(excluded);
     let known = Arc::new(known);
     let runs = hosts.into_iter().zip(probes).map(|(h, probe)| {
         let board = board.clone();
         let progress = progress.clone();
         let pending = pending.clone();
+        let excluded = excluded.clone();
         let known = known.clone();
+        let opts = opts.clone();
+        let project = plan.project.clone();
         async move {
             let mut ctx = HostRun {
                 host: h.plan.host.clone(),
-                project: plan.project.clone(),
+                project,
                 board,
                 progress,
+                opts,
+                excluded,
                 report: HostReport::default(),
             };
             ctx.report.host = h.plan.host.clone();
@@ -214,11 +264,26 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
     futures::future::join_all(runs).await
 }
 
+/// Whether a pending step runs under `--only HOST`: every step of that
+/// host; on the others, Run steps that need something on it (their
+/// container's injected settings changed: the only host came back with a
+/// new address, a new password...).
+pub fn only_includes(only: Option<&str>, s: &Step) -> bool {
+    let Some(only) = only else { return true };
+    if s.host == only {
+        return true;
+    }
+    let prefix = format!("{only}/");
+    s.kind == StepKind::Run && s.needs.iter().any(|n| n.starts_with(&prefix))
+}
+
 struct HostRun {
     host: String,
     project: String,
     board: Arc<Board>,
     progress: Arc<Progress>,
+    opts: Arc<Options>,
+    excluded: Arc<HashSet<String>>,
     report: HostReport,
 }
 
@@ -255,6 +320,16 @@ impl HostRun {
     ) {
         let mut bases = state.bases.clone();
         for step in &plan.steps {
+            if self.excluded.contains(&step.id) {
+                let only = self.opts.only.clone().unwrap_or_default();
+                self.finish(
+                    step,
+                    Outcome::Skipped(format!(
+                        "left out by --only {only} (it does not depend on {only})"
+                    )),
+                );
+                continue;
+            }
             // Wait for what this step needs, here or on other hosts.
             let mut blocked = None;
             for need in step.needs.iter().filter(|n| known.contains(*n)) {
@@ -307,7 +382,14 @@ impl HostRun {
             self.progress
                 .status(&self.host, &format!("{} ...", step.summary));
             let started = Instant::now();
-            let o = match self.run_step(t, step, state).await {
+            let mut result = self.backup_before_replace(t, step, state, &mut bases).await;
+            if result.is_ok() {
+                result = self.run_step(t, step, state).await;
+            }
+            if result.is_ok() {
+                result = self.restore_after_create(t, step, &mut bases).await;
+            }
+            let o = match result {
                 Ok(()) => {
                     self.progress.status(
                         &self.host,
@@ -328,6 +410,124 @@ impl HostRun {
             };
             self.finish(step, o);
         }
+    }
+
+    /// Before a Run step replaces an existing container (its spec changed),
+    /// back up the named volumes it mounts. One `docker inspect` when the
+    /// container exists; nothing at all otherwise.
+    async fn backup_before_replace(
+        &mut self,
+        t: &dyn Transport,
+        step: &Step,
+        state: &HostState,
+        bases: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        let Some(dir) = self.opts.backup_dir.clone() else {
+            return Ok(());
+        };
+        let crate::plan::Condition::ContainerOutdated { name, .. } = &step.when else {
+            return Ok(());
+        };
+        if step.kind != StepKind::Run
+            || !state.containers.contains_key(name)
+            || state.only_stopped(&step.when)
+        {
+            return Ok(());
+        }
+        let out = t
+            .exec(
+                Exec::new(commands::shell(&commands::container_volumes(name)))
+                    .timeout(Duration::from_secs(60))
+                    .idempotent(true),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Ok(()); // gone meanwhile: nothing to keep
+        }
+        let volumes: Vec<String> = out
+            .stdout_str()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        self.ensure_data_image(t, bases).await?;
+        let service = step.service.clone().unwrap_or_else(|| name.clone());
+        let path = dir.join(crate::backup::backup_file_name(
+            &self.host,
+            crate::backup::now_secs(),
+            Some(&service),
+        ));
+        self.progress.status(
+            &self.host,
+            &format!(
+                "backing up volume(s) {} of {name} before replacing it",
+                volumes.join(", ")
+            ),
+        );
+        let size = crate::backup::backup_to_file(t, &volumes, &path, false)
+            .await
+            .map_err(|e| format!("automatic backup before replacing {name} failed: {e}"))?;
+        let note = format!(
+            "backup of {} (before replacing {name}): {} ({size} bytes)",
+            volumes.join(", "),
+            path.display()
+        );
+        self.progress.status(&self.host, &note);
+        self.report.notes.push(note);
+        Ok(())
+    }
+
+    /// After a Volume step created a volume on the host being restored,
+    /// fill it from the backup file (before any service mounts it).
+    async fn restore_after_create(
+        &mut self,
+        t: &dyn Transport,
+        step: &Step,
+        bases: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        let Some(r) = self.opts.restore.clone() else {
+            return Ok(());
+        };
+        let crate::plan::Condition::VolumeMissing { name } = &step.when else {
+            return Ok(());
+        };
+        if r.host != self.host || !r.volumes.contains(name) {
+            return Ok(());
+        }
+        self.ensure_data_image(t, bases).await?;
+        let started = Instant::now();
+        self.progress.status(
+            &self.host,
+            &format!("restoring volume {name} from {}", r.file.display()),
+        );
+        crate::backup::restore_from_file(t, &self.project, name, name, &r.file).await?;
+        let note = format!(
+            "volume {name} restored from {} in {:.1} s",
+            r.file.display(),
+            started.elapsed().as_secs_f64()
+        );
+        self.progress.status(&self.host, &note);
+        self.report.notes.push(note);
+        Ok(())
+    }
+
+    async fn ensure_data_image(
+        &self,
+        t: &dyn Transport,
+        bases: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        let image = crate::backup::DATA_IMAGE;
+        if !bases.contains(image) {
+            // The probe already said the image is missing; no pull memory
+            // applies to the base image shipped from this computer.
+            self.ensure_base(t, image, &HostState::blank()).await?;
+            bases.insert(image.to_string());
+        }
+        Ok(())
     }
 
     async fn run_step(
@@ -568,4 +768,47 @@ pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
         b.append_data(&mut h, &f.path, f.data.as_slice())?;
     }
     b.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Condition;
+
+    fn step(id: &str, kind: StepKind, needs: &[&str]) -> Step {
+        Step {
+            id: id.into(),
+            host: id.split('/').next().unwrap().into(),
+            service: None,
+            kind,
+            summary: id.into(),
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            when: Condition::Always,
+            actions: vec![],
+            upstream: false,
+            bases: vec![],
+        }
+    }
+
+    #[test]
+    fn only_keeps_its_host_and_runs_elsewhere_that_need_it() {
+        let only = Some("db");
+        let rails = step(
+            "web/rails/run",
+            StepKind::Run,
+            &["web/rails/build", "db/postgis/ready", "web/redis/ready"],
+        );
+        let redis = step("web/redis/run", StepKind::Run, &["web/redis/build"]);
+        let build = step("web/rails/build", StepKind::Build, &["db/network"]);
+        assert!(only_includes(
+            only,
+            &step("db/docker", StepKind::Docker, &[])
+        ));
+        assert!(only_includes(only, &rails));
+        assert!(!only_includes(only, &redis));
+        assert!(!only_includes(only, &build), "never a build elsewhere");
+        assert!(only_includes(None, &redis));
+        // `db` is not a prefix of `dbx`.
+        assert!(!only_includes(Some("d"), &rails));
+    }
 }

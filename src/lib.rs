@@ -4,11 +4,13 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
 pub mod docker_api;
 pub mod executor;
+pub mod host_lock;
 pub mod inventory;
 pub mod load;
 pub mod machines;
@@ -21,3 +23,4 @@ pub mod secrets;
 pub mod templates;
 pub mod timing;
 pub mod transport;
+pub mod volume_cli;

@@ -61,7 +61,16 @@ pub fn playground(inv: &Inventory) -> Result<Playground, String> {
 
 /// Create or start the local machines. Quick when they already run.
 pub async fn machines_up(inv: &Inventory) -> Result<(), String> {
-    let specs = machine_specs(inv);
+    machines_up_for(inv, None).await
+}
+
+/// [`machines_up`] for one host's machine only (`--only`): the others are
+/// not touched, not even started.
+pub async fn machines_up_for(inv: &Inventory, only: Option<&str>) -> Result<(), String> {
+    let mut specs = machine_specs(inv);
+    if let Some(only) = only {
+        specs.retain(|s| s.name == only);
+    }
     if specs.is_empty() {
         return Ok(());
     }
@@ -141,9 +150,91 @@ pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
 }
 
 pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
+    up_with(loaded, plan, &executor::Options::default(), false).await
+}
+
+/// A run with [`executor::Options`]: each reachable host is locked for the
+/// run (a host another run holds fails with who holds it), and gets one
+/// audit line at the end.
+pub async fn up_with(
+    loaded: &Loaded,
+    plan: &Plan,
+    opts: &executor::Options,
+    break_lock: bool,
+) -> Vec<HostReport> {
     let inv = &loaded.inventory;
-    let hosts = connect_all(inv, plan).await;
+    let project = &inv.project.name;
+    let mut hosts = connect_all(inv, plan).await;
     crate::timing::mark("connected");
+    let run_id = crate::host_lock::RunId::current();
+    let taken = futures::future::join_all(hosts.iter().map(|h| {
+        let run_id = &run_id;
+        async move {
+            match &h.transport {
+                Ok(t) => Some(
+                    crate::host_lock::take(t.as_ref(), project, run_id, break_lock)
+                        .await
+                        .map_err(|e| format!("{}: {e}", h.plan.host)),
+                ),
+                Err(_) => None,
+            }
+        }
+    }))
+    .await;
+    let mut locked: Vec<Arc<dyn Transport>> = Vec::new();
+    for (h, t) in hosts.iter_mut().zip(taken) {
+        match t {
+            Some(Ok(broken)) => {
+                if let Some(info) = broken {
+                    eprintln!("{}: broke the lock held by {info}", h.plan.host);
+                }
+                if let Ok(t) = &h.transport {
+                    locked.push(t.clone());
+                }
+            }
+            Some(Err(e)) => h.transport = Err(e),
+            None => {}
+        }
+    }
+    let reports = up_locked(loaded, plan, hosts, opts).await;
+    futures::future::join_all(locked.iter().map(|t| {
+        let run_id = &run_id;
+        let reports = &reports;
+        async move {
+            let result = match reports.iter().find(|r| r.host == t.name()) {
+                Some(r) if r.ok() => format!("ok: {}", r.summary()),
+                Some(r) => format!(
+                    "FAILED: {}; {}",
+                    r.summary(),
+                    r.failed
+                        .iter()
+                        .chain(&r.blocked)
+                        .map(|(w, why)| format!("{w}: {}", why.lines().next().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                None => "not run".into(),
+            };
+            let result = loaded.secrets.mask(&result);
+            if let Err(e) = crate::host_lock::audit(t.as_ref(), project, run_id, &result).await {
+                eprintln!("{}: cannot append to the audit log: {e}", t.name());
+            }
+            if let Err(e) = crate::host_lock::release(t.as_ref(), project, run_id).await {
+                eprintln!("{}: cannot release the lock: {e}", t.name());
+            }
+        }
+    }))
+    .await;
+    reports
+}
+
+async fn up_locked(
+    loaded: &Loaded,
+    plan: &Plan,
+    hosts: Vec<executor::Host>,
+    opts: &executor::Options,
+) -> Vec<HostReport> {
+    let inv = &loaded.inventory;
     let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -166,7 +257,7 @@ pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
             progress.status(&h.plan.host, &format!("cannot connect: {e}"));
         }
     }
-    let reports = executor::execute(plan, hosts, progress.clone()).await;
+    let reports = executor::execute_with(plan, hosts, progress.clone(), opts).await;
     progress.notice(&format!("log: {}", log.display()));
     reports
 }
@@ -181,6 +272,9 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
         }
         for (what, why) in &r.blocked {
             out.push_str(&format!("  BLOCKED {what}: {why}\n"));
+        }
+        for note in &r.notes {
+            out.push_str(&format!("  note    {note}\n"));
         }
         let mut seen: Vec<&String> = Vec::new();
         for (service, why) in &r.skipped {

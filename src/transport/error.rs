@@ -53,7 +53,7 @@ pub enum TransportError {
     #[error(
         "{host}: unknown host key for {addr} ({algorithm} {fingerprint}).\n\
          Check the fingerprint with the host's owner, then accept it with:\n    {accept_command}\n\
-         or connect once with host_key_policy = \"accept-new\"."
+         or set host_key = \"accept-new\" for this host in hosts.toml (it learns an unknown key once)."
     )]
     UnknownHostKey {
         host: String,
@@ -178,6 +178,37 @@ mod tests {
         assert_eq!(command_label("A=1 B=2 env"), "(empty command)");
         assert_eq!(command_label("sudo -n sh -c 'x'"), "sh");
         assert_eq!(command_label(""), "(empty command)");
+    }
+
+    #[test]
+    fn host_key_messages_say_what_to_run() {
+        let changed = TransportError::HostKeyChanged {
+            host: "db".into(),
+            addr: "10.0.0.12:22".into(),
+            known_as: "10.0.0.12".into(),
+            algorithm: "ssh-ed25519".into(),
+            fingerprint: "SHA256:abc".into(),
+            file: PathBuf::from("/p/.provision/known_hosts"),
+            line: 3,
+        }
+        .to_string();
+        assert!(
+            changed.contains("ssh-keygen -f /p/.provision/known_hosts -R 10.0.0.12"),
+            "{changed}"
+        );
+        let unknown = TransportError::UnknownHostKey {
+            host: "db".into(),
+            addr: "10.0.0.12:22".into(),
+            algorithm: "ssh-ed25519".into(),
+            fingerprint: "SHA256:abc".into(),
+            accept_command: "ssh-keyscan -t ed25519 10.0.0.12 >> kh".into(),
+        }
+        .to_string();
+        assert!(
+            unknown.contains("ssh-keyscan -t ed25519 10.0.0.12 >> kh"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("host_key = \"accept-new\""), "{unknown}");
     }
 
     #[test]

@@ -1,0 +1,282 @@
+//! `backup`, `restore` and `migrate`: connect to the hosts named, lock them
+//! for the operation, stream the volumes, audit, unlock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backup;
+use crate::cli::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
+use crate::host_lock::{self, RunId};
+use crate::inventory::Inventory;
+use crate::run;
+use crate::transport::{SshTransport, Transport};
+
+/// `HOST` or `HOST:VOLUME`, the host checked against the inventory.
+fn target<'a>(inv: &Inventory, t: &'a str) -> Result<(&'a str, Option<&'a str>), String> {
+    let (host, volume) = match t.split_once(':') {
+        Some((h, v)) if !v.is_empty() => (h, Some(v)),
+        Some((h, _)) => (h, None),
+        None => (t, None),
+    };
+    if inv.host(host).is_none() {
+        let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+        return Err(format!(
+            "no host {host} in {} (hosts: {})",
+            inv.file.display(),
+            names.join(", ")
+        ));
+    }
+    Ok((host, volume))
+}
+
+/// The named volumes the inventory's services mount on `host`.
+fn host_volumes(inv: &Inventory, host: &str) -> Vec<String> {
+    let mut v: Vec<String> = inv
+        .services
+        .iter()
+        .filter(|s| s.host == host)
+        .flat_map(|s| s.volumes.iter().map(|m| m.volume.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Connected and locked hosts of one operation.
+struct Session {
+    project: String,
+    run: RunId,
+    hosts: Vec<Arc<dyn Transport>>,
+}
+
+impl Session {
+    async fn open(inv: &Inventory, names: &[&str], break_lock: bool) -> Result<Session, String> {
+        let run_id = RunId::current();
+        let project = inv.project.name.clone();
+        let mut hosts: Vec<Arc<dyn Transport>> = Vec::new();
+        let mut failure = None;
+        for name in names {
+            let h = inv.host(name).expect("checked host");
+            let t = match SshTransport::connect(run::ssh_target(inv, h)).await {
+                Ok(t) => Arc::new(t) as Arc<dyn Transport>,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            };
+            match host_lock::take(t.as_ref(), &project, &run_id, break_lock).await {
+                Ok(broken) => {
+                    if let Some(info) = broken {
+                        eprintln!("{name}: broke the lock held by {info}");
+                    }
+                    hosts.push(t);
+                }
+                Err(e) => {
+                    failure = Some(format!("{name}: {e}"));
+                    break;
+                }
+            }
+        }
+        let s = Session {
+            project,
+            run: run_id,
+            hosts,
+        };
+        match failure {
+            None => Ok(s),
+            Some(e) => {
+                s.close("not run").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn close(&self, result: &str) {
+        for t in &self.hosts {
+            if let Err(e) = host_lock::audit(t.as_ref(), &self.project, &self.run, result).await {
+                eprintln!("{}: cannot append to the audit log: {e}", t.name());
+            }
+            if let Err(e) = host_lock::release(t.as_ref(), &self.project, &self.run).await {
+                eprintln!("{}: cannot release the lock: {e}", t.name());
+            }
+        }
+    }
+}
+
+fn rate(bytes: u64, secs: f64) -> String {
+    format!(
+        "{:.1} MB in {secs:.1} s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / secs.max(0.001)
+    )
+}
+
+pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, break_lock: bool) -> i32 {
+    let (host, volume) = match target(inv, t) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: backup: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let volumes = match volume {
+        Some(v) => vec![v.to_string()],
+        None => host_volumes(inv, host),
+    };
+    if volumes.is_empty() {
+        eprintln!(
+            "error: backup: no service on {host} mounts a named volume; name one as {host}:VOLUME"
+        );
+        return EXIT_BAD_INPUT;
+    }
+    let path = match output {
+        Some(p) => p.to_path_buf(),
+        None => inv
+            .project
+            .state_dir
+            .join("backups")
+            .join(backup::backup_file_name(host, backup::now_secs(), volume)),
+    };
+    let session = match Session::open(inv, &[host], break_lock).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: backup: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let started = Instant::now();
+    eprintln!(
+        "{host}: backing up {} (containers using them are stopped for the copy)",
+        volumes.join(", ")
+    );
+    let r = backup::backup_to_file(session.hosts[0].as_ref(), &volumes, &path, true).await;
+    let secs = started.elapsed().as_secs_f64();
+    match r {
+        Ok(size) => {
+            session
+                .close(&format!(
+                    "ok: backup of {} to {}",
+                    volumes.join(","),
+                    path.display()
+                ))
+                .await;
+            println!(
+                "backup of {host} ({}) -> {} ({})",
+                volumes.join(", "),
+                path.display(),
+                rate(size, secs)
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            session.close(&format!("FAILED: backup: {e}")).await;
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+pub async fn restore(inv: &Inventory, t: &str, file: &Path, break_lock: bool) -> i32 {
+    let (host, volume) = match target(inv, t) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: restore: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let in_file = match backup::archive_volumes(file) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: restore: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    // (volume on the host, folder in the file)
+    let pairs: Vec<(String, String)> = match volume {
+        Some(v) if in_file.iter().any(|f| f == v) => vec![(v.into(), v.into())],
+        Some(v) if in_file.len() == 1 => vec![(v.into(), in_file[0].clone())],
+        Some(v) => {
+            eprintln!(
+                "error: restore: {} has no volume {v} (it holds: {})",
+                file.display(),
+                in_file.join(", ")
+            );
+            return EXIT_BAD_INPUT;
+        }
+        None => in_file.iter().map(|v| (v.clone(), v.clone())).collect(),
+    };
+    let session = match Session::open(inv, &[host], break_lock).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: restore: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    for (v, member) in &pairs {
+        let started = Instant::now();
+        let r =
+            backup::restore_from_file(session.hosts[0].as_ref(), &session.project, v, member, file)
+                .await;
+        if let Err(e) = r {
+            session.close(&format!("FAILED: restore: {e}")).await;
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+        println!(
+            "restored volume {v} on {host} from {} ({})",
+            file.display(),
+            rate(size, started.elapsed().as_secs_f64())
+        );
+    }
+    session
+        .close(&format!("ok: restore from {}", file.display()))
+        .await;
+    EXIT_OK
+}
+
+pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, break_lock: bool) -> i32 {
+    for h in [from, to] {
+        if let Err(e) = target(inv, h) {
+            eprintln!("error: migrate: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    }
+    if from == to {
+        eprintln!("error: migrate: --from and --to are the same host");
+        return EXIT_BAD_INPUT;
+    }
+    let session = match Session::open(inv, &[from, to], break_lock).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: migrate: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let started = Instant::now();
+    let r = backup::migrate(
+        session.hosts[0].as_ref(),
+        session.hosts[1].as_ref(),
+        &session.project,
+        volume,
+    )
+    .await;
+    match r {
+        Ok(bytes) => {
+            session
+                .close(&format!("ok: migrate {volume} from {from} to {to}"))
+                .await;
+            println!(
+                "volume {volume}: {from} -> {to} ({})",
+                rate(bytes, started.elapsed().as_secs_f64())
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            session.close(&format!("FAILED: migrate: {e}")).await;
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}
