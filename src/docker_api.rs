@@ -55,6 +55,15 @@ async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, String> {
         .map_err(|e| format!("docker API {path}: {e}"))
 }
 
+/// Whether the engine behind `t` has `image`; `None` when its API socket
+/// cannot be reached.
+pub async fn image_exists(t: &dyn Transport, image: &str) -> Option<bool> {
+    match get(t, &format!("/images/{image}/json")).await {
+        Ok(found) => Some(found.is_some()),
+        Err(_) => None,
+    }
+}
+
 fn label_filter(project: &str) -> String {
     let f = format!("{{\"label\":[\"{PROJECT_LABEL}={project}\"]}}");
     utf8_percent_encode(&f, NON_ALPHANUMERIC).to_string()

@@ -131,6 +131,40 @@ pub struct Restore {
 pub struct Host {
     pub plan: HostPlan,
     pub transport: Result<Arc<dyn Transport>, String>,
+    /// The host's state when the caller probed it already.
+    pub probe: Option<Result<HostState, String>>,
+}
+
+/// One probe of a host: through Docker's API socket where the transport can
+/// reach it, with commands otherwise.
+pub async fn probe_host(
+    t: &dyn Transport,
+    project: &str,
+    plan: &HostPlan,
+) -> Result<HostState, String> {
+    let mut bases: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .flat_map(|s| s.bases.iter().cloned())
+        .collect();
+    bases.insert(crate::backup::DATA_IMAGE.to_string());
+    let bases: Vec<String> = bases.into_iter().collect();
+    if let Some(text) = crate::docker_api::probe(t, project, &bases).await {
+        return Ok(HostState::parse(&text));
+    }
+    let line = commands::probe(project, &bases);
+    match t
+        .exec(
+            Exec::new(line)
+                .timeout(Duration::from_secs(60))
+                .idempotent(true),
+        )
+        .await
+    {
+        Ok(out) if out.success() => Ok(HostState::parse(&out.stdout_str())),
+        Ok(out) => Err(format!("probe failed: {}", out.stderr_str().trim())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Execute the plan. `hosts` come with their connections (or the reason
@@ -142,44 +176,28 @@ pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> 
 /// [`execute`] with [`Options`].
 pub async fn execute_with(
     plan: &Plan,
-    hosts: Vec<Host>,
+    mut hosts: Vec<Host>,
     progress: Arc<Progress>,
     opts: &Options,
 ) -> Vec<HostReport> {
     let started = Instant::now();
     let opts = Arc::new(opts.clone());
-    // Phase 1: probe every reachable host in parallel.
-    let probes = futures::future::join_all(hosts.iter().map(|h| {
+    // Phase 1: probe every reachable host in parallel (unless the caller
+    // already did, e.g. while taking the hosts' locks).
+    let probes = futures::future::join_all(hosts.iter_mut().map(|h| {
         let progress = progress.clone();
+        let project = plan.project.clone();
+        let taken = h.probe.take();
         async move {
             let t = h.transport.as_ref().ok()?;
-            let mut bases: BTreeSet<String> = h
-                .plan
-                .steps
-                .iter()
-                .flat_map(|s| s.bases.iter().cloned())
-                .collect();
-            bases.insert(crate::backup::DATA_IMAGE.to_string());
-            let bases: Vec<String> = bases.into_iter().collect();
-            if let Some(text) = crate::docker_api::probe(t.as_ref(), &plan.project, &bases).await {
-                return Some(Ok(HostState::parse(&text)));
+            let result = match taken {
+                Some(r) => r,
+                None => probe_host(t.as_ref(), &project, &h.plan).await,
+            };
+            if let Err(e) = &result {
+                progress.status(&h.plan.host, &format!("probe failed: {e}"));
             }
-            let line = commands::probe(&plan.project, &bases);
-            match t
-                .exec(
-                    Exec::new(line)
-                        .timeout(Duration::from_secs(60))
-                        .idempotent(true),
-                )
-                .await
-            {
-                Ok(out) if out.success() => Some(Ok(HostState::parse(&out.stdout_str()))),
-                Ok(out) => Some(Err(format!("probe failed: {}", out.stderr_str().trim()))),
-                Err(e) => {
-                    progress.status(&h.plan.host, &format!("probe failed: {e}"));
-                    Some(Err(e.to_string()))
-                }
-            }
+            Some(result)
         }
     }))
     .await;
@@ -713,6 +731,14 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
 }
 
 pub async fn local_has_image(image: &str) -> bool {
+    // The engine's socket answers in about a millisecond; the CLI is the
+    // fallback (e.g. a remote DOCKER_HOST).
+    let local = crate::transport::LocalTransport::new("local");
+    if std::env::var_os("DOCKER_HOST").is_none() {
+        if let Some(found) = crate::docker_api::image_exists(&local, image).await {
+            return found;
+        }
+    }
     tokio::process::Command::new("docker")
         .args(["image", "inspect", image])
         .stdout(std::process::Stdio::null())

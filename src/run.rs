@@ -145,7 +145,11 @@ pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
         .iter()
         .cloned()
         .zip(conns)
-        .map(|(plan, transport)| executor::Host { plan, transport })
+        .map(|(plan, transport)| executor::Host {
+            plan,
+            transport,
+            probe: None,
+        })
         .collect()
 }
 
@@ -167,15 +171,19 @@ pub async fn up_with(
     let mut hosts = connect_all(inv, plan).await;
     crate::timing::mark("connected");
     let run_id = crate::host_lock::RunId::current();
+    // The lock and the probe go side by side: the probe is used only when
+    // the lock was taken, so no other run can change the host in between.
     let taken = futures::future::join_all(hosts.iter().map(|h| {
         let run_id = &run_id;
         async move {
             match &h.transport {
-                Ok(t) => Some(
-                    crate::host_lock::take(t.as_ref(), project, run_id, break_lock)
-                        .await
-                        .map_err(|e| format!("{}: {e}", h.plan.host)),
-                ),
+                Ok(t) => {
+                    let (lock, probe) = tokio::join!(
+                        crate::host_lock::take(t.as_ref(), project, run_id, break_lock),
+                        executor::probe_host(t.as_ref(), project, &h.plan)
+                    );
+                    Some((lock.map_err(|e| format!("{}: {e}", h.plan.host)), probe))
+                }
                 Err(_) => None,
             }
         }
@@ -184,7 +192,8 @@ pub async fn up_with(
     let mut locked: Vec<Arc<dyn Transport>> = Vec::new();
     for (h, t) in hosts.iter_mut().zip(taken) {
         match t {
-            Some(Ok(broken)) => {
+            Some((Ok(broken), probe)) => {
+                h.probe = Some(probe);
                 if let Some(info) = broken {
                     eprintln!("{}: broke the lock held by {info}", h.plan.host);
                 }
@@ -192,11 +201,12 @@ pub async fn up_with(
                     locked.push(t.clone());
                 }
             }
-            Some(Err(e)) => h.transport = Err(e),
+            Some((Err(e), _)) => h.transport = Err(e),
             None => {}
         }
     }
     let reports = up_locked(loaded, plan, hosts, opts).await;
+    crate::timing::mark("steps run");
     futures::future::join_all(locked.iter().map(|t| {
         let run_id = &run_id;
         let reports = &reports;
@@ -216,10 +226,15 @@ pub async fn up_with(
                 None => "not run".into(),
             };
             let result = loaded.secrets.mask(&result);
-            if let Err(e) = crate::host_lock::audit(t.as_ref(), project, run_id, &result).await {
+            // Two independent commands: side by side on the one connection.
+            let (audited, released) = tokio::join!(
+                crate::host_lock::audit(t.as_ref(), project, run_id, &result),
+                crate::host_lock::release(t.as_ref(), project, run_id)
+            );
+            if let Err(e) = audited {
                 eprintln!("{}: cannot append to the audit log: {e}", t.name());
             }
-            if let Err(e) = crate::host_lock::release(t.as_ref(), project, run_id).await {
+            if let Err(e) = released {
                 eprintln!("{}: cannot release the lock: {e}", t.name());
             }
         }
