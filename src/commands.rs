@@ -28,7 +28,20 @@ where
 
 /// Quote an argument vector into one POSIX shell line.
 pub fn shell(argv: &[String]) -> String {
-    shell_words::join(argv)
+    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// Quote one word for sh and bash. Only words made of characters no shell
+/// expands stay bare; everything else is single-quoted (`'` as `'\''`).
+/// `shell_words::quote` leaves `{a,b}` (bash brace expansion) and a
+/// leading `~` (tilde expansion) bare: a value such as `/srv/{a,b}` became
+/// two words on a host.
+pub fn quote(word: &str) -> std::borrow::Cow<'_, str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || "-_./:,+@".contains(c);
+    if !word.is_empty() && word.chars().all(bare) {
+        return word.into();
+    }
+    format!("'{}'", word.replace('\'', r"'\''")).into()
 }
 
 /// Join shell lines so that each runs only if the previous succeeded.
@@ -485,6 +498,21 @@ mod tests {
                 "true",
             ])
         );
+    }
+
+    #[test]
+    fn shell_quotes_what_sh_or_bash_would_expand() {
+        let line = shell(&argv([
+            "x",
+            "{a,b}",
+            "~root",
+            "!x",
+            "",
+            "a=b",
+            "é",
+            "-a_b./c:d,e+f@g",
+        ]));
+        assert_eq!(line, "x '{a,b}' '~root' '!x' '' 'a=b' 'é' -a_b./c:d,e+f@g");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub trait Transport: Send + Sync {
 /// under sudo) whatever uid built the archive; `-p` keeps the archived modes
 /// even for a non-root user.
 pub fn untar_line(dest_dir: &str) -> String {
-    let dir = shell_words::quote(dest_dir);
+    let dir = crate::commands::quote(dest_dir);
     format!("mkdir -p {dir} && tar -x -p --no-same-owner -f - -C {dir}")
 }
 

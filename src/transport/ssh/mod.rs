@@ -232,7 +232,7 @@ impl Transport for SshTransport {
         let target = &self.inner.target;
         let label = command_label(&req.line);
         let line = if target.sudo {
-            format!("sudo -n sh -c {}", shell_words::quote(&req.line))
+            format!("sudo -n sh -c {}", crate::commands::quote(&req.line))
         } else {
             req.line.clone()
         };
