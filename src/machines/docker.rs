@@ -81,3 +81,39 @@ pub async fn image_exists(reference: &str) -> Result<bool, Error> {
     let args = ["image", "inspect", "--format", "{{.Id}}", reference].map(String::from);
     Ok(output(&args, None).await?.success)
 }
+
+/// `GET /containers/NAME/json` straight from the engine's Unix socket,
+/// without starting a `docker` process (~20 ms of CPU each). None when the
+/// engine is not reached that way (DOCKER_HOST set elsewhere, no socket,
+/// an unexpected answer): callers then use the CLI. `Some(None)`: no such
+/// container.
+pub async fn inspect_via_socket(name: &str) -> Option<Option<serde_json::Value>> {
+    use tokio::io::AsyncReadExt;
+    let socket = match std::env::var("DOCKER_HOST") {
+        Ok(h) => h.strip_prefix("unix://")?.to_string(),
+        Err(_) => "/var/run/docker.sock".to_string(),
+    };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return None;
+    }
+    let talk = async {
+        let mut s = tokio::net::UnixStream::connect(&socket).await.ok()?;
+        let request = format!("GET /containers/{name}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.ok()?;
+        let text = String::from_utf8(answer).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        match head.split_whitespace().nth(1)? {
+            "200" => Some(Some(serde_json::from_str(body).ok()?)),
+            "404" => Some(None),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), talk)
+        .await
+        .ok()?
+}
