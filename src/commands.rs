@@ -122,7 +122,7 @@ pub fn probe(project: &str, bases: &[String]) -> String {
         shell(&argv(["iptables", "-w", "-S", &chain])),
         shell(&argv(["iptables", "-w", "-C", "DOCKER-USER", "-j", &chain]))
     );
-    let mut fast = argv(["python3", "-c", PROBE_SCRIPT, project]);
+    let mut fast = argv(["python3", "-S", "-c", PROBE_SCRIPT, project]);
     fast.extend(bases.iter().cloned());
     let fast = shell(&fast);
     format!(

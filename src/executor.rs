@@ -243,8 +243,6 @@ impl HostRun {
         known: &HashSet<String>,
     ) {
         let mut bases = state.bases.clone();
-        let mut fetched_bases = false;
-        let mut base_errors: HashMap<String, String> = HashMap::new();
         let mut upstream_note: Option<String> = None;
         for step in &plan.steps {
             // Wait for what this step needs, here or on other hosts.
@@ -271,43 +269,10 @@ impl HostRun {
             }
             // Base images first: shipped from this computer's engine when the
             // host lacks them, pulled by the host otherwise.
-            let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
-            if !wanted.is_empty() && !fetched_bases {
-                // Every base the host's pending steps lack, fetched at once:
-                // a pull that fails (no registry) costs ~150 ms, and the
-                // offline playground has three upstream images.
-                fetched_bases = true;
-                let all: BTreeSet<String> = plan
-                    .steps
-                    .iter()
-                    .filter(|s| pending.contains(&s.id))
-                    .flat_map(|s| s.bases.iter())
-                    .filter(|b| !bases.contains(*b))
-                    .cloned()
-                    .collect();
-                let results =
-                    futures::future::join_all(all.iter().map(|b| self.ensure_base(t, b))).await;
-                for (b, r) in all.into_iter().zip(results) {
-                    match r {
-                        Ok(()) => {
-                            bases.insert(b);
-                        }
-                        Err(e) => {
-                            base_errors.insert(b, e);
-                        }
-                    }
-                }
-            }
             let mut missing_base = None;
+            let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
             for b in wanted {
-                if bases.contains(b) {
-                    continue;
-                }
-                let r = match base_errors.get(b) {
-                    Some(e) => Err(e.clone()),
-                    None => self.ensure_base(t, b).await,
-                };
-                match r {
+                match self.ensure_base(t, b).await {
                     Ok(()) => {
                         bases.insert(b.clone());
                     }
