@@ -141,6 +141,22 @@ change() {
   check "Ansible (command tasks)" ab-hello ab-hello run_ansible
   check "Ansible (community.docker)" abd-hello abd-hello run_ansible_docker
   check pyinfra pyi-hello pyi-hello run_pyinfra
+  log "the image under the tool's tag rebuilt by hand (new content), each tool reruns once"
+  rebuilt() { # TOOL CONTAINER BUILD-DIR COMMAND...
+    local tool=$1 c=$2 dir=$3
+    shift 3
+    local before after
+    before=$(on_m1 "docker inspect -f '{{.Id}}' $c")
+    on_m1 "sed 's/^RUN echo .*/RUN echo rebuilt by hand > \/greeting/' $dir/Dockerfile >/tmp/Dockerfile.hand &&
+      docker build -q -t \$(docker inspect -f '{{.Config.Image}}' $c) -f /tmp/Dockerfile.hand $dir >/dev/null"
+    "$@" >/dev/null 2>&1 || log "$tool: the run failed"
+    after=$(on_m1 "docker inspect -f '{{.Id}}' $c")
+    printf '%-26s container recreated on the rebuilt image: %-4s the running container has: %s\n' "$tool" \
+      "$([ "$after" != "$before" ] && echo yes || echo NO)" "$(on_m1 "docker exec $c cat /greeting")"
+  }
+  rebuilt "Ansible (command tasks)" ab-hello /var/lib/ansible-bench/build run_ansible
+  rebuilt "Ansible (community.docker)" abd-hello /var/lib/ansible-bench/build-cd run_ansible_docker
+  rebuilt pyinfra pyi-hello /var/lib/pyinfra-bench/build run_pyinfra
   log "back to the benchmark's state"
   run_provision >/dev/null 2>&1
   for c in ab-hello abd-hello pyi-hello; do
