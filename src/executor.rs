@@ -491,6 +491,9 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
 }
 
 pub async fn local_has_image(image: &str) -> bool {
+    if let Some(found) = crate::machines::local_image_exists(image).await {
+        return found;
+    }
     tokio::process::Command::new("docker")
         .args(["image", "inspect", image])
         .stdout(std::process::Stdio::null())

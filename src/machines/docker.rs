@@ -88,20 +88,39 @@ pub async fn image_exists(reference: &str) -> Result<bool, Error> {
 /// an unexpected answer): callers then use the CLI. `Some(None)`: no such
 /// container.
 pub async fn inspect_via_socket(name: &str) -> Option<Option<serde_json::Value>> {
+    get_via_socket(&format!("/containers/{}/json", url_quote(name))).await
+}
+
+/// Whether the local engine has this image, asked on its socket; None
+/// when the socket cannot tell (use `docker image inspect`).
+pub async fn image_exists_via_socket(image: &str) -> Option<bool> {
+    get_via_socket(&format!("/images/{}/json", url_quote(image)))
+        .await
+        .map(|found| found.is_some())
+}
+
+fn url_quote(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One HTTP/1.0 GET on the engine's socket: `Some(Some(json))` for 200,
+/// `Some(None)` for 404, None for anything else.
+async fn get_via_socket(path: &str) -> Option<Option<serde_json::Value>> {
     use tokio::io::AsyncReadExt;
     let socket = match std::env::var("DOCKER_HOST") {
         Ok(h) => h.strip_prefix("unix://")?.to_string(),
         Err(_) => "/var/run/docker.sock".to_string(),
     };
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return None;
-    }
     let talk = async {
         let mut s = tokio::net::UnixStream::connect(&socket).await.ok()?;
-        let request = format!("GET /containers/{name}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
         s.write_all(request.as_bytes()).await.ok()?;
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).await.ok()?;
