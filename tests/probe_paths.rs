@@ -68,3 +68,36 @@ async fn python_and_cli_probes_agree() {
         vec!["debian:bookworm"]
     );
 }
+
+/// The rerun fast path reads machines on the engine's socket; it must say
+/// what `status` (the docker CLI) says.
+#[tokio::test]
+async fn quick_status_agrees_with_status() {
+    use provision::machines::{MachineSpec, MachineState, Playground};
+    if !docker(&["info"]) {
+        eprintln!("skipped: no local Docker engine");
+        return;
+    }
+    let project = format!("pvquick{}", std::process::id());
+    let spec = MachineSpec::new(&project, "m", "10.215.250.10".parse().unwrap());
+    let name = spec.container_name();
+    let p = Playground::new(tempfile::tempdir().unwrap().path());
+    let absent = p.quick_status(std::slice::from_ref(&spec)).await.unwrap();
+    assert_eq!(absent, p.status(std::slice::from_ref(&spec)).await.unwrap());
+    assert_eq!(absent[0].state, MachineState::Absent);
+
+    // A stopped container of that name, from another spec (no label).
+    assert!(docker(&[
+        "create",
+        "--name",
+        &name,
+        "debian:bookworm",
+        "true"
+    ]));
+    let quick = p.quick_status(std::slice::from_ref(&spec)).await.unwrap();
+    let slow = p.status(std::slice::from_ref(&spec)).await.unwrap();
+    docker(&["rm", "-f", &name]);
+    assert_eq!(quick, slow);
+    assert_eq!(quick[0].state, MachineState::Stopped);
+    assert!(!quick[0].matches_spec);
+}
