@@ -18,8 +18,14 @@ pub const SOCKET: &str = "/var/run/docker.sock";
 
 /// One GET on the API socket; `Ok(None)` for a 404.
 async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, String> {
+    get_at(t, SOCKET, path).await
+}
+
+/// One GET on the API at `socket` on the host behind `t`; `Ok(None)` for a
+/// 404.
+pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Option<Value>, String> {
     let stream = t
-        .unix_stream(SOCKET)
+        .unix_stream(socket)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no socket stream")?;
@@ -53,15 +59,6 @@ async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, String> {
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| format!("docker API {path}: {e}"))
-}
-
-/// Whether the engine behind `t` has `image`; `None` when its API socket
-/// cannot be reached.
-pub async fn image_exists(t: &dyn Transport, image: &str) -> Option<bool> {
-    match get(t, &format!("/images/{image}/json")).await {
-        Ok(found) => Some(found.is_some()),
-        Err(_) => None,
-    }
 }
 
 fn label_filter(project: &str) -> String {

@@ -731,13 +731,8 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
 }
 
 pub async fn local_has_image(image: &str) -> bool {
-    // The engine's socket answers in about a millisecond; the CLI is the
-    // fallback (e.g. a remote DOCKER_HOST).
-    let local = crate::transport::LocalTransport::new("local");
-    if std::env::var_os("DOCKER_HOST").is_none() {
-        if let Some(found) = crate::docker_api::image_exists(&local, image).await {
-            return found;
-        }
+    if let Some(found) = crate::machines::local_image_exists(image).await {
+        return found;
     }
     tokio::process::Command::new("docker")
         .args(["image", "inspect", image])

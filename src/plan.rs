@@ -526,10 +526,21 @@ fn service_steps(
         }
     }
     for (k, (real, _)) in &env {
-        if real.contains('\n') || real.contains('\0') {
+        // Docker reads env files line by line and drops a line's final
+        // carriage return: none of these would reach the container intact.
+        let problem = if real.contains('\n') {
+            Some("a newline")
+        } else if real.contains('\0') {
+            Some("a NUL character")
+        } else if real.ends_with('\r') {
+            Some("a carriage return at its end")
+        } else {
+            None
+        };
+        if let Some(what) = problem {
             return Err(inv.diagnostic(
                 &format!("services.{}.env.{k}", s.name),
-                format!("`{k}` holds a newline, which a Docker env file cannot carry"),
+                format!("`{k}` holds {what}, which a Docker env file cannot carry"),
                 None,
             ));
         }

@@ -76,7 +76,11 @@ pub async fn machines_up_for(inv: &Inventory, only: Option<&str>) -> Result<(), 
     }
     let p = playground(inv)?;
     // Fast path: every machine runs as specified and its key is recorded.
-    if let Ok(status) = p.status(&specs).await {
+    let status = match p.quick_status(&specs).await {
+        Some(s) => Ok(s),
+        None => p.status(&specs).await,
+    };
+    if let Ok(status) = status {
         let known = std::fs::read_to_string(p.known_hosts_path()).unwrap_or_default();
         let all_up = status.iter().all(|s| {
             s.state == MachineState::Running

@@ -608,6 +608,12 @@ impl<'s> Reader<'s> {
                         format!("{path}.paths[{i}]"),
                         format!("`{p}` must be an absolute path in the container"),
                     );
+                } else if p.contains('\0') {
+                    self.c.error(
+                        span,
+                        format!("{path}.paths[{i}]"),
+                        "a container path cannot hold a NUL character",
+                    );
                 }
                 paths.push(p);
             }
@@ -1184,6 +1190,9 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
         return Err(format!(
             "`{path}` must be an absolute path in the container"
         ));
+    }
+    if path.contains('\0') {
+        return Err("a container path cannot hold a NUL character".into());
     }
     Ok(VolumeMount {
         volume: name.into(),

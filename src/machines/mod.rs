@@ -34,6 +34,12 @@ mod lock;
 mod playground;
 mod spec;
 
+/// Whether the local engine has this image, asked on its socket (None: it
+/// cannot tell that way).
+pub async fn local_image_exists(image: &str) -> Option<bool> {
+    docker::image_exists_via_socket(image).await
+}
+
 pub use playground::{
     MachineInfo, MachineState, MachineStatus, Playground, UpAction, DEFAULT_BASE_IMAGE,
 };

@@ -62,7 +62,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> DuplexStream for T {}
 /// under sudo) whatever uid built the archive; `-p` keeps the archived modes
 /// even for a non-root user.
 pub fn untar_line(dest_dir: &str) -> String {
-    let dir = shell_words::quote(dest_dir);
+    let dir = crate::commands::quote(dest_dir);
     format!("mkdir -p {dir} && tar -x -p --no-same-owner -f - -C {dir}")
 }
 

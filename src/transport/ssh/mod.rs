@@ -361,7 +361,7 @@ enum Failure {
 /// Needs a POSIX-like login shell on the host (sh, bash, dash, zsh, ksh).
 pub fn remote_line(line: &str, sudo: bool) -> String {
     let sudo = if sudo { "sudo -n " } else { "" };
-    format!("echo $$; exec {sudo}sh -c {}", shell_words::quote(line))
+    format!("echo $$; exec {sudo}sh -c {}", crate::commands::quote(line))
 }
 
 /// The line that stops the process group `pgid`: SIGTERM, then SIGKILL 5 s
@@ -443,7 +443,7 @@ impl Drop for ChannelGuard {
                     }
                     if let Ok(mut ch) = opened {
                         let kill = if sudo {
-                            format!("sudo -n sh -c {}", shell_words::quote(&kill_line(pgid)))
+                            format!("sudo -n sh -c {}", crate::commands::quote(&kill_line(pgid)))
                         } else {
                             kill_line(pgid)
                         };
@@ -1025,7 +1025,10 @@ mod tests {
     fn remote_line_prints_the_pid_then_execs() {
         assert_eq!(
             remote_line("echo 'a b'", false),
-            format!("echo $$; exec sh -c {}", shell_words::quote("echo 'a b'"))
+            format!(
+                "echo $$; exec sh -c {}",
+                crate::commands::quote("echo 'a b'")
+            )
         );
         assert_eq!(remote_line("ls", true), "echo $$; exec sudo -n sh -c ls");
     }
