@@ -430,15 +430,14 @@ impl HostRun {
                 }
                 Err(e) => Outcome::Failed(e),
             };
-            let restarted = step.kind == StepKind::Docker
-                && o == Outcome::Changed
-                && state.docker == crate::probe::DockerState::Stopped;
+            let restarted =
+                step.kind == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
             self.finish(step, o);
             if restarted {
-                // The daemon was stopped, so the probe saw no images,
-                // containers, networks or volumes: look again now that it
-                // answers, or every later step would redo (and trip over)
-                // what is already there.
+                // The daemon was not answering (stopped, or not installed),
+                // so the probe saw no images, containers, networks or
+                // volumes: look again now that it answers, or every later
+                // step would redo (and trip over) what is already there.
                 match probe_host(t, &self.project, plan).await {
                     Ok(fresh) => {
                         for s in plan.steps.iter().filter(|s| s.kind != StepKind::Ready) {

@@ -21,17 +21,42 @@ pub struct RunId {
     pub token: String,
 }
 
+/// `user@machine` of this process.
+fn owner_here() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }));
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{machine}")
+}
+
+/// The pid in a lock's info when its owner is `owner`
+/// (`OWNER (pid N, run T): COMMAND since TIME`).
+fn holder_pid(holder: &str, owner: &str) -> Option<u32> {
+    let rest = holder.strip_prefix(owner)?.strip_prefix(" (pid ")?;
+    rest.split(',').next()?.parse().ok()
+}
+
+/// A lock left by a run of this computer (same user) whose process is gone:
+/// it died without releasing it (killed, or its host dropped before the
+/// release). Locks of other computers are never judged stale.
+fn stale_here(holder: &str) -> bool {
+    let Some(pid) = holder_pid(holder, &owner_here()) else {
+        return false;
+    };
+    let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("provision"))
+        .unwrap_or(false);
+    !alive
+}
+
 impl RunId {
     pub fn current() -> RunId {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }));
-        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
         let args: Vec<String> = std::env::args().skip(1).collect();
         RunId {
-            owner: format!("{user}@{machine}"),
+            owner: owner_here(),
             command: format!("provision {}", shell_words::join(&args)),
             token: format!("{:016x}", rand::random::<u64>()),
         }
@@ -87,6 +112,27 @@ pub async fn take(
 
 /// [`take`], telling a lock held by another run apart from a failure.
 pub async fn try_take(
+    t: &dyn Transport,
+    project: &str,
+    run: &RunId,
+    break_lock: bool,
+) -> Result<Option<String>, TakeError> {
+    match try_take_once(t, project, run, break_lock).await {
+        Err(TakeError::Held { holder, .. }) if stale_here(&holder) => {
+            // Removed only if it still is that lock: a run that took it
+            // meanwhile keeps it.
+            release_info(t, project, &holder)
+                .await
+                .map_err(TakeError::Failed)?;
+            try_take_once(t, project, run, false)
+                .await
+                .map(|_| Some(format!("{holder} (that run is gone)")))
+        }
+        other => other,
+    }
+}
+
+async fn try_take_once(
     t: &dyn Transport,
     project: &str,
     run: &RunId,
@@ -161,7 +207,12 @@ pub async fn take_waiting(
 
 /// Release the lock if it is still this run's.
 pub async fn release(t: &dyn Transport, project: &str, run: &RunId) -> Result<(), String> {
-    let line = commands::lock_release(project, &run.lock_info());
+    release_info(t, project, &run.lock_info()).await
+}
+
+/// Remove the lock if its info starts with `info`.
+async fn release_info(t: &dyn Transport, project: &str, info: &str) -> Result<(), String> {
+    let line = commands::lock_release(project, info);
     t.exec(Exec::new(line).timeout(Duration::from_secs(30)))
         .await
         .map(drop)
@@ -183,4 +234,27 @@ pub async fn audit(
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_of_a_gone_run_here_is_stale_and_others_are_not() {
+        let me = owner_here();
+        let mine = format!(
+            "{me} (pid {}, run ab): provision up since 2025-01-01T00:00:00Z",
+            std::process::id()
+        );
+        assert_eq!(holder_pid(&mine, &me), Some(std::process::id()));
+        // This test's own binary (provision-HASH) is alive: a live run.
+        assert!(!stale_here(&mine));
+        let gone = format!("{me} (pid 4194304999, run ab): provision up since x");
+        assert!(stale_here(&gone));
+        assert!(!stale_here(
+            "someone@elsewhere (pid 1, run ab): provision up since x"
+        ));
+        assert!(!stale_here("(no info)"));
+    }
 }
