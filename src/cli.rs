@@ -54,6 +54,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub break_lock: bool,
 
+    /// When another run holds a host's lock, fail at once naming it
+    /// (the default is to wait for it, up to --lock-wait seconds).
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// How long to wait for a lock another run holds.
+    #[arg(long, value_name = "SECS", default_value_t = run::DEFAULT_LOCK_WAIT.as_secs())]
+    pub lock_wait: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -251,7 +260,11 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
         return EXIT_OK;
     }
     crate::timing::mark("machines checked");
-    let reports = run::up_with(loaded, &plan, &opts, cli.break_lock).await;
+    let policy = run::LockPolicy {
+        break_lock: cli.break_lock,
+        wait: (!cli.no_wait).then(|| std::time::Duration::from_secs(cli.lock_wait)),
+    };
+    let reports = run::up_with(loaded, &plan, &opts, &policy).await;
     crate::timing::mark("done");
     print!("{}", loaded.secrets.mask(&run::summary(&reports, inv)));
     if reports.iter().all(|r| r.ok()) {

@@ -336,6 +336,8 @@ impl HostRun {
         pending: &HashSet<String>,
         known: &HashSet<String>,
     ) {
+        let mut state = state.clone();
+        let mut pending = pending.clone();
         let mut bases = state.bases.clone();
         for step in &plan.steps {
             if self.excluded.contains(&step.id) {
@@ -375,7 +377,7 @@ impl HostRun {
             let mut missing_base = None;
             let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
             for b in wanted {
-                match self.ensure_base(t, b, state).await {
+                match self.ensure_base(t, b, &state).await {
                     Ok(()) => {
                         bases.insert(b.clone());
                     }
@@ -400,9 +402,11 @@ impl HostRun {
             self.progress
                 .status(&self.host, &format!("{} ...", step.summary));
             let started = Instant::now();
-            let mut result = self.backup_before_replace(t, step, state, &mut bases).await;
+            let mut result = self
+                .backup_before_replace(t, step, &state, &mut bases)
+                .await;
             if result.is_ok() {
-                result = self.run_step(t, step, state).await;
+                result = self.run_step(t, step, &state).await;
             }
             if result.is_ok() {
                 result = self.restore_after_create(t, step, &mut bases).await;
@@ -426,7 +430,32 @@ impl HostRun {
                 }
                 Err(e) => Outcome::Failed(e),
             };
+            let restarted =
+                step.kind == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
             self.finish(step, o);
+            if restarted {
+                // The daemon was not answering (stopped, or not installed),
+                // so the probe saw no images, containers, networks or
+                // volumes: look again now that it answers, or every later
+                // step would redo (and trip over) what is already there.
+                match probe_host(t, &self.project, plan).await {
+                    Ok(fresh) => {
+                        for s in plan.steps.iter().filter(|s| s.kind != StepKind::Ready) {
+                            if fresh.holds(&s.when) && only_includes(self.opts.only.as_deref(), s) {
+                                pending.insert(s.id.clone());
+                            } else {
+                                pending.remove(&s.id);
+                            }
+                        }
+                        bases.extend(fresh.bases.iter().cloned());
+                        state = fresh;
+                    }
+                    Err(e) => self.progress.status(
+                        &self.host,
+                        &format!("probe after starting Docker failed: {e}"),
+                    ),
+                }
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::executor::{self, HostReport};
+use crate::host_lock::TakeError;
 use crate::inventory::{self, Host, Inventory};
 use crate::load::Loaded;
 use crate::machines::{self, MachineSpec, MachineState, Playground};
@@ -158,17 +159,49 @@ pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
 }
 
 pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
-    up_with(loaded, plan, &executor::Options::default(), false).await
+    up_with(
+        loaded,
+        plan,
+        &executor::Options::default(),
+        &LockPolicy::default(),
+    )
+    .await
+}
+
+/// What a run does when another run holds a host's lock.
+#[derive(Debug, Clone)]
+pub struct LockPolicy {
+    /// Remove a (stale) lock first.
+    pub break_lock: bool,
+    /// Wait up to this long for a held lock; `None`: fail at once
+    /// (`--no-wait`), naming the holder.
+    pub wait: Option<Duration>,
+}
+
+/// Ten minutes: longer than a cold provision of both hosts.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        LockPolicy {
+            break_lock: false,
+            wait: Some(DEFAULT_LOCK_WAIT),
+        }
+    }
 }
 
 /// A run with [`executor::Options`]: each reachable host is locked for the
-/// run (a host another run holds fails with who holds it), and gets one
-/// audit line at the end.
+/// run and gets one audit line at the end. A host another run holds is
+/// waited for (see [`LockPolicy`]), or fails with who holds it.
+///
+/// Two runs never deadlock: the first try takes every host's lock without
+/// waiting; a run that finds one held gives back what it took and then
+/// waits for the locks one host at a time, in host-name order.
 pub async fn up_with(
     loaded: &Loaded,
     plan: &Plan,
     opts: &executor::Options,
-    break_lock: bool,
+    policy: &LockPolicy,
 ) -> Vec<HostReport> {
     let inv = &loaded.inventory;
     let project = &inv.project.name;
@@ -183,30 +216,110 @@ pub async fn up_with(
             match &h.transport {
                 Ok(t) => {
                     let (lock, probe) = tokio::join!(
-                        crate::host_lock::take(t.as_ref(), project, run_id, break_lock),
+                        crate::host_lock::try_take(t.as_ref(), project, run_id, policy.break_lock),
                         executor::probe_host(t.as_ref(), project, &h.plan)
                     );
-                    Some((lock.map_err(|e| format!("{}: {e}", h.plan.host)), probe))
+                    Some((lock, probe))
                 }
                 Err(_) => None,
             }
         }
     }))
     .await;
+    let held = taken
+        .iter()
+        .any(|t| matches!(t, Some((Err(TakeError::Held { .. }), _))));
     let mut locked: Vec<Arc<dyn Transport>> = Vec::new();
-    for (h, t) in hosts.iter_mut().zip(taken) {
-        match t {
-            Some((Ok(broken), probe)) => {
-                h.probe = Some(probe);
-                if let Some(info) = broken {
-                    eprintln!("{}: broke the lock held by {info}", h.plan.host);
-                }
-                if let Ok(t) = &h.transport {
-                    locked.push(t.clone());
+    match policy.wait {
+        Some(limit) if held => {
+            // Give back what the first try took, then wait in order.
+            let mine: Vec<&Arc<dyn Transport>> = hosts
+                .iter()
+                .zip(&taken)
+                .filter(|(_, t)| matches!(t, Some((Ok(_), _))))
+                .filter_map(|(h, _)| h.transport.as_ref().ok())
+                .collect();
+            futures::future::join_all(
+                mine.iter()
+                    .map(|t| crate::host_lock::release(t.as_ref(), project, &run_id)),
+            )
+            .await;
+            let mut order: Vec<usize> = (0..hosts.len())
+                .filter(|&i| {
+                    matches!(
+                        taken[i],
+                        Some((Ok(_), _)) | Some((Err(TakeError::Held { .. }), _))
+                    )
+                })
+                .collect();
+            order.sort_by(|&a, &b| hosts[a].plan.host.cmp(&hosts[b].plan.host));
+            for (i, t) in taken.into_iter().enumerate() {
+                if let Some((Err(e @ TakeError::Failed(_)), _)) = t {
+                    hosts[i].transport = Err(format!("{}: {e}", hosts[i].plan.host));
                 }
             }
-            Some((Err(e), _)) => h.transport = Err(e),
-            None => {}
+            for i in order {
+                let name = hosts[i].plan.host.clone();
+                let Ok(t) = hosts[i].transport.clone() else {
+                    continue;
+                };
+                let mut on_held = |holder: &str| {
+                    eprintln!(
+                        "{name}: waiting for the lock held by {holder} (up to {} s; \
+                         --no-wait fails at once instead)",
+                        limit.as_secs()
+                    )
+                };
+                let waited = Instant::now();
+                match crate::host_lock::take_waiting(
+                    t.as_ref(),
+                    project,
+                    &run_id,
+                    limit,
+                    &mut on_held,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        if waited.elapsed() >= crate::host_lock::WAIT_POLL {
+                            eprintln!(
+                                "{name}: lock taken after {:.1} s",
+                                waited.elapsed().as_secs_f64()
+                            );
+                        }
+                        locked.push(t);
+                    }
+                    Err(e) => hosts[i].transport = Err(format!("{name}: {e}")),
+                }
+            }
+            // The state may have changed while the other run held the lock.
+            let probes = futures::future::join_all(hosts.iter().map(|h| async move {
+                match &h.transport {
+                    Ok(t) => Some(executor::probe_host(t.as_ref(), project, &h.plan).await),
+                    Err(_) => None,
+                }
+            }))
+            .await;
+            for (h, p) in hosts.iter_mut().zip(probes) {
+                h.probe = p;
+            }
+        }
+        _ => {
+            for (h, t) in hosts.iter_mut().zip(taken) {
+                match t {
+                    Some((Ok(broken), probe)) => {
+                        h.probe = Some(probe);
+                        if let Some(info) = broken {
+                            eprintln!("{}: broke the lock held by {info}", h.plan.host);
+                        }
+                        if let Ok(t) = &h.transport {
+                            locked.push(t.clone());
+                        }
+                    }
+                    Some((Err(e), _)) => h.transport = Err(format!("{}: {e}", h.plan.host)),
+                    None => {}
+                }
+            }
         }
     }
     let reports = up_locked(loaded, plan, hosts, opts).await;
@@ -263,7 +376,8 @@ async fn up_locked(
         .project
         .state_dir
         .join("logs")
-        .join(format!("run-{stamp}.log"));
+        // The pid too: two runs started in the same second keep two logs.
+        .join(format!("run-{stamp}-{}.log", std::process::id()));
     let tty = std::io::stderr().is_terminal();
     let progress = Arc::new(Progress::new(
         loaded.secrets.clone(),
