@@ -735,7 +735,10 @@ mod tests {
             "é",
             "-a_b./c:d,e+f@g",
         ]));
-        assert_eq!(line, "x '{a,b}' '~root' '!x' '' 'a=b' 'é' '-a_b./c:d,e+f@g'");
+        assert_eq!(
+            line,
+            "x '{a,b}' '~root' '!x' '' 'a=b' 'é' '-a_b./c:d,e+f@g'"
+        );
     }
 
     #[test]
