@@ -56,11 +56,11 @@ pub struct Cli {
 
     /// When another run holds a host's lock, fail at once naming it
     /// (the default is to wait for it, up to --lock-wait seconds).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_wait: bool,
 
     /// How long to wait for a lock another run holds.
-    #[arg(long, value_name = "SECS", default_value_t = run::DEFAULT_LOCK_WAIT.as_secs())]
+    #[arg(long, global = true, value_name = "SECS", default_value_t = run::DEFAULT_LOCK_WAIT.as_secs())]
     pub lock_wait: u64,
 
     #[command(subcommand)]
@@ -123,21 +123,21 @@ pub fn run() -> i32 {
         }
         Some(Command::Status) => with_inventory(&cli, |inv| async move { status(&inv).await }),
         Some(Command::Backup { target, output }) => {
-            let brk = cli.break_lock;
+            let lock = lock_policy(&cli);
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::backup(&inv, target, output.as_deref(), brk).await
+                crate::volume_cli::backup(&inv, target, output.as_deref(), lock).await
             })
         }
         Some(Command::Restore { target, file }) => {
-            let brk = cli.break_lock;
+            let lock = lock_policy(&cli);
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::restore(&inv, target, file, brk).await
+                crate::volume_cli::restore(&inv, target, file, lock).await
             })
         }
         Some(Command::Migrate { volume, from, to }) => {
-            let brk = cli.break_lock;
+            let lock = lock_policy(&cli);
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::migrate(&inv, volume, from, to, brk).await
+                crate::volume_cli::migrate(&inv, volume, from, to, lock).await
             })
         }
         None | Some(Command::Up) => {
@@ -208,6 +208,14 @@ pub fn bad_input(diags: &[Diagnostic]) -> i32 {
         if n == 1 { "" } else { "s" }
     );
     EXIT_BAD_INPUT
+}
+
+/// Volume commands wait for a held lock like runs do, unless `--no-wait`.
+fn lock_policy(cli: &Cli) -> crate::volume_cli::LockPolicy {
+    crate::volume_cli::LockPolicy {
+        break_lock: cli.break_lock,
+        wait: (!cli.no_wait).then(|| std::time::Duration::from_secs(cli.lock_wait)),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

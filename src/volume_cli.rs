@@ -43,6 +43,15 @@ fn host_volumes(inv: &Inventory, host: &str) -> Vec<String> {
     v
 }
 
+/// How a volume command treats a lock another run holds.
+#[derive(Debug, Clone, Copy)]
+pub struct LockPolicy {
+    /// Remove a stale lock first.
+    pub break_lock: bool,
+    /// Wait this long for a held lock; `None`: fail at once naming it.
+    pub wait: Option<std::time::Duration>,
+}
+
 /// Connected and locked hosts of one operation.
 struct Session {
     project: String,
@@ -51,11 +60,15 @@ struct Session {
 }
 
 impl Session {
-    async fn open(inv: &Inventory, names: &[&str], break_lock: bool) -> Result<Session, String> {
+    async fn open(inv: &Inventory, names: &[&str], lock: LockPolicy) -> Result<Session, String> {
         let run_id = RunId::current();
         let project = inv.project.name.clone();
         let mut hosts: Vec<Arc<dyn Transport>> = Vec::new();
         let mut failure = None;
+        // Locks are taken in host-name order, as runs take them, so two
+        // commands waiting for each other's hosts cannot deadlock.
+        let mut names = names.to_vec();
+        names.sort_unstable();
         for name in names {
             let h = inv.host(name).expect("checked host");
             let t = match SshTransport::connect(run::ssh_target(inv, h)).await {
@@ -65,7 +78,19 @@ impl Session {
                     break;
                 }
             };
-            match host_lock::take(t.as_ref(), &project, &run_id, break_lock).await {
+            let taken = match lock.wait {
+                Some(limit) if !lock.break_lock => {
+                    let mut told = |holder: &str| {
+                        eprintln!("{name}: waiting for the lock held by {holder}");
+                    };
+                    host_lock::take_waiting(t.as_ref(), &project, &run_id, limit, &mut told)
+                        .await
+                        .map(|()| None)
+                        .map_err(|e| e.to_string())
+                }
+                _ => host_lock::take(t.as_ref(), &project, &run_id, lock.break_lock).await,
+            };
+            match taken {
                 Ok(broken) => {
                     if let Some(info) = broken {
                         eprintln!("{name}: broke the lock held by {info}");
@@ -112,7 +137,7 @@ fn rate(bytes: u64, secs: f64) -> String {
     )
 }
 
-pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, break_lock: bool) -> i32 {
+pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, lock: LockPolicy) -> i32 {
     let (host, volume) = match target(inv, t) {
         Ok(x) => x,
         Err(e) => {
@@ -138,7 +163,7 @@ pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, break_lock:
             .join("backups")
             .join(backup::backup_file_name(host, backup::now_secs(), volume)),
     };
-    let session = match Session::open(inv, &[host], break_lock).await {
+    let session = match Session::open(inv, &[host], lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: backup: {e}");
@@ -177,7 +202,7 @@ pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, break_lock:
     }
 }
 
-pub async fn restore(inv: &Inventory, t: &str, file: &Path, break_lock: bool) -> i32 {
+pub async fn restore(inv: &Inventory, t: &str, file: &Path, lock: LockPolicy) -> i32 {
     let (host, volume) = match target(inv, t) {
         Ok(x) => x,
         Err(e) => {
@@ -206,7 +231,7 @@ pub async fn restore(inv: &Inventory, t: &str, file: &Path, break_lock: bool) ->
         }
         None => in_file.iter().map(|v| (v.clone(), v.clone())).collect(),
     };
-    let session = match Session::open(inv, &[host], break_lock).await {
+    let session = match Session::open(inv, &[host], lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: restore: {e}");
@@ -236,7 +261,7 @@ pub async fn restore(inv: &Inventory, t: &str, file: &Path, break_lock: bool) ->
     EXIT_OK
 }
 
-pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, break_lock: bool) -> i32 {
+pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, lock: LockPolicy) -> i32 {
     for h in [from, to] {
         if let Err(e) = target(inv, h) {
             eprintln!("error: migrate: {e}");
@@ -247,7 +272,7 @@ pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, break_
         eprintln!("error: migrate: --from and --to are the same host");
         return EXIT_BAD_INPUT;
     }
-    let session = match Session::open(inv, &[from, to], break_lock).await {
+    let session = match Session::open(inv, &[from, to], lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: migrate: {e}");

@@ -438,13 +438,71 @@ fn backup_replace_a_failed_host_migrate_and_partial_failure() {
             p = lab.project
         ),
     );
-    let out = lab.provision(&["backup", "db:blob"]);
+    let out = lab.provision(&["backup", "db:blob", "--no-wait"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another run holds the lock"), "{err}");
     assert!(
         err.contains("someone@elsewhere") && err.contains("--break-lock"),
         "{err}"
+    );
+    // Without --no-wait a backup waits for the lock and goes on once it is
+    // released.
+    let mut waiting = Command::new(BIN)
+        .current_dir(lab.path())
+        .args(["--hosts", "hosts.toml", "backup", "db:blob"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    let stderr = waiting.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = said.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = heard
+            .recv_timeout(left)
+            .expect("the backup never said it waits for the lock");
+        if line.contains("waiting for the lock held by someone@elsewhere") {
+            break;
+        }
+    }
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the backup did not wait"
+    );
+    lab.ssh_ok(
+        &db,
+        &format!("rm -rf /var/lib/provision/{}/lock", lab.project),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = waiting.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting backup did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "the waiting backup failed");
+    // A stale lock is broken explicitly.
+    lab.ssh_ok(
+        &db,
+        &format!(
+            "mkdir -p /var/lib/provision/{p}/lock && echo 'someone@elsewhere (pid 1): provision' > /var/lib/provision/{p}/lock/info",
+            p = lab.project
+        ),
     );
     lab.provision_ok(&["backup", "db:blob", "--break-lock"]);
 
