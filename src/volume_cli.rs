@@ -67,9 +67,10 @@ impl Session {
         let mut failure = None;
         // Locks are taken in host-name order, as runs take them, so two
         // commands waiting for each other's hosts cannot deadlock.
-        let mut names = names.to_vec();
-        names.sort_unstable();
-        for name in names {
+        let mut in_lock_order = names.to_vec();
+        in_lock_order.sort_unstable();
+        let mut locked: Vec<(&str, Arc<dyn Transport>)> = Vec::new();
+        for name in in_lock_order {
             let h = inv.host(name).expect("checked host");
             let t = match SshTransport::connect(run::ssh_target(inv, h)).await {
                 Ok(t) => Arc::new(t) as Arc<dyn Transport>,
@@ -95,12 +96,18 @@ impl Session {
                     if let Some(info) = broken {
                         eprintln!("{name}: broke the lock held by {info}");
                     }
-                    hosts.push(t);
+                    locked.push((name, t));
                 }
                 Err(e) => {
                     failure = Some(format!("{name}: {e}"));
                     break;
                 }
+            }
+        }
+        // The session keeps the caller's order (migrate: from, then to).
+        for name in names {
+            if let Some(i) = locked.iter().position(|(n, _)| n == name) {
+                hosts.push(locked.swap_remove(i).1);
             }
         }
         let s = Session {
