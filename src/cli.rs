@@ -145,6 +145,9 @@ pub fn run() -> i32 {
                 Ok(l) => l,
                 Err(d) => return bad_input(&d),
             };
+            if let Err(code) = keep_state_private(&loaded.inventory, true) {
+                return code;
+            }
             let plan = match build_plan(&loaded) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -159,6 +162,10 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         Ok(l) => l,
         Err(d) => return bad_input(&d),
     };
+    // A dry run changes nothing, here either: it only warns.
+    if let Err(code) = keep_state_private(&loaded.inventory, false) {
+        return code;
+    }
     match build_plan(&loaded) {
         Ok(plan) => {
             let out = if json {
@@ -239,8 +246,28 @@ where
         }
     };
     match crate::inventory::parse(&cli.hosts, &source) {
-        Ok(inv) => runtime().block_on(f(inv)),
+        Ok(inv) => {
+            if let Err(code) = keep_state_private(&inv, true) {
+                return code;
+            }
+            runtime().block_on(f(inv))
+        }
         Err(d) => bad_input(&d),
+    }
+}
+
+/// Before a command reads or writes local state: tighten (or, `apply`
+/// false, only report) what of it other users could reach.
+fn keep_state_private(inv: &Inventory, apply: bool) -> Result<(), i32> {
+    match crate::private::check_state(inv, apply) {
+        Ok(message) => {
+            eprint!("{message}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILED)
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod load;
 pub mod machines;
 pub mod plan;
 pub mod plan_output;
+pub mod private;
 pub mod probe;
 pub mod progress;
 pub mod run;

@@ -31,12 +31,8 @@ fn clock() -> String {
 impl Progress {
     /// `tty`: draw one bar per host; otherwise print plain lines.
     pub fn new(secrets: Secrets, hosts: &[String], tty: bool, log_file: Option<&Path>) -> Progress {
-        let log = log_file.and_then(|p| {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            std::fs::File::create(p).ok()
-        });
+        // Logs show commands and their output: 0600 in a 0700 folder.
+        let log = log_file.and_then(|p| crate::private::create_file(p).ok());
         let bars = tty.then(|| {
             let multi = MultiProgress::new();
             let style =

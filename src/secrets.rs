@@ -175,20 +175,14 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
 fn append_file(path: &Path, items: &[(String, String)]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write secrets file {}: {e}", path.display());
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        crate::private::create_dir(dir).map_err(fail)?;
         // The state folder holds keys and secrets: keep it out of git.
         let ignore = dir.join(".gitignore");
         if !ignore.exists() {
-            let _ = std::fs::write(ignore, "*\n");
+            let _ = crate::private::write_file(&ignore, b"*\n");
         }
     }
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
+    let mut f = crate::private::append_file(path).map_err(fail)?;
     for (k, v) in items {
         writeln!(f, "{k}={v}").map_err(fail)?;
     }
