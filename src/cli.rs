@@ -186,23 +186,18 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
 
 pub fn build_plan(loaded: &Loaded) -> Result<Plan, i32> {
     let inv = &loaded.inventory;
-    let mut app_files = Vec::new();
+    let mut app = None;
     if let crate::inventory::AppSource::Folder(dir) = &inv.app {
         if loaded.templates.values().any(|t| t.manifest.app) {
-            let p = inv.resolve_path(&dir.to_string_lossy());
-            match plan::read_app_folder(&p) {
-                Ok(f) => app_files = f,
-                Err(e) => {
-                    return Err(bad_input(&[inv.diagnostic(
-                        "app.source",
-                        format!("cannot read app folder {}: {e}", p.display()),
-                        None,
-                    )]))
-                }
-            }
+            let source = dir.to_string_lossy();
+            let p = inv.resolve_path(&source);
+            app = Some(crate::app_folder::read(inv, &p, &source).map_err(|d| bad_input(&d))?);
         }
     }
-    plan::build(loaded, &app_files).map_err(|d| bad_input(&d))
+    let files = app.as_ref().map(|a| a.files.as_slice()).unwrap_or_default();
+    let mut plan = plan::build(loaded, files).map_err(|d| bad_input(&d))?;
+    plan.app_folder = app.map(|a| a.report);
+    Ok(plan)
 }
 
 pub fn bad_input(diags: &[Diagnostic]) -> i32 {

@@ -4,11 +4,13 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod app_folder;
 pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
 pub mod docker_api;
+pub mod dockerignore;
 pub mod executor;
 pub mod host_lock;
 pub mod inventory;

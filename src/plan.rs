@@ -3,7 +3,6 @@
 //! anything here; the executor checks conditions against one probe per host.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -19,6 +18,10 @@ use crate::templates::{ContextFile, RenderInput, UsedService};
 pub struct Plan {
     pub project: String,
     pub hosts: Vec<HostPlan>,
+    /// What of the app folder goes to the hosts and what stays here (set
+    /// by the caller that read the folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_folder: Option<crate::app_folder::AppFolderReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -278,7 +281,11 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
         });
     }
     if problems.is_empty() {
-        Ok(Plan { project, hosts })
+        Ok(Plan {
+            project,
+            hosts,
+            app_folder: None,
+        })
     } else {
         Err(problems)
     }
@@ -722,46 +729,6 @@ pub fn context_hash(files: &[ContextFile]) -> String {
         h.update(&f.data);
     }
     hex::encode(h.finalize())
-}
-
-/// Read an app folder into context files under `app/`, keeping exec bits.
-/// Logs, temp files and VCS folders are left out.
-pub fn read_app_folder(dir: &Path) -> std::io::Result<Vec<ContextFile>> {
-    use std::os::unix::fs::PermissionsExt;
-    let skip = [".git", "log", "tmp", "node_modules", ".bundle"];
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                if !(d == dir && skip.contains(&name.as_str())) {
-                    stack.push(p);
-                }
-                continue;
-            }
-            let rel = p
-                .strip_prefix(dir)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .replace('\\', "/");
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            out.push(ContextFile {
-                path: format!("app/{rel}"),
-                mode,
-                data: std::fs::read(&p)?,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 #[cfg(test)]
