@@ -470,13 +470,11 @@ fn service_steps(
             }],
             shown,
         });
-        let app_dir = format!("{build_dir}/app");
         build_actions.push(Action::Fetch {
-            line: format!(
-                "curl -K {cfg} && mkdir -p {app} && tar -xzf {tgz} -C {app} --strip-components=1 && rm -f {tgz} {cfg}",
-                cfg = shell(&[format!("{fetch_dir}/curl.cfg")]),
-                app = shell(&[app_dir]),
-                tgz = shell(&[format!("{build_dir}/app.tar.gz")]),
+            line: fetch_line(
+                &format!("{fetch_dir}/curl.cfg"),
+                &format!("{build_dir}/app.tar.gz"),
+                &format!("{build_dir}/app"),
             ),
         });
     }
@@ -688,6 +686,25 @@ fn service_steps(
         });
     }
     Ok((vec![build], runs))
+}
+
+/// Fetch the app tarball with curl's config file `cfg` (it holds the
+/// token) and unpack it into `app`. The config and the tarball are removed
+/// whatever happens, by traps of the shell that runs the line (both
+/// transports run each line with `sh -c`): after a failed fetch or unpack
+/// too, and when the step is stopped (the transport's TERM on a timeout,
+/// or HUP, INT). The line's exit code is the fetch's or the unpack's.
+pub fn fetch_line(cfg: &str, tgz: &str, app: &str) -> String {
+    let q = |p: &str| shell(&[p.to_string()]);
+    let cleanup = format!("rm -f {} {}", q(cfg), q(tgz));
+    format!(
+        "trap {cleanup} EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM; \
+         curl -K {cfg} && mkdir -p {app} && tar -xzf {tgz} -C {app} --strip-components=1",
+        cleanup = q(&cleanup),
+        cfg = q(cfg),
+        app = q(app),
+        tgz = q(tgz),
+    )
 }
 
 /// The images a Dockerfile starts `FROM`, leaving out its own build stages.

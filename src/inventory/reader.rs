@@ -347,6 +347,15 @@ impl<'s> Reader<'s> {
         let include = self.app_include(t);
         let source = match self.nonempty_string(t, "source", "app") {
             Some(s) if s.starts_with("https://") || s.starts_with("http://") => {
+                if s.starts_with("http://") && token.is_some() {
+                    // Anyone on the path would read the token.
+                    self.c.error_with_hint(
+                        self.spans["app.source"].clone(),
+                        "app.source",
+                        "a token is never sent over plain http://",
+                        "use the https:// URL, or remove `token` if the tarball is public",
+                    );
+                }
                 if !include.is_empty() {
                     self.c.error(
                         self.spans["app.include"].clone(),
