@@ -260,9 +260,10 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
     }
     if cli.machines_only {
         for h in &inv.hosts {
+            let login = run::login(h);
             println!(
                 "{:<10} {} (ssh {}@{} -p {})",
-                h.name, h.address, h.user, h.address, h.port
+                h.name, h.address, login.user, h.address, login.port
             );
         }
         return EXIT_OK;

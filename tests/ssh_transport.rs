@@ -681,3 +681,73 @@ async fn a_server_that_never_speaks_ssh_times_out_clearly() {
     );
     assert!(msg.contains("no answer within 0.5s"), "{msg}");
 }
+
+// ---- issue 10, items 14-17: ~/.ssh/config, known_hosts, locks, deadlines ----
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+
+/// Item 14: `address = "alias"` with no `port` and no `user` connects with
+/// the alias's Port and User (a non-root User implies sudo, as `user` in
+/// hosts.toml does); a `port` in hosts.toml still wins over the alias.
+#[test]
+fn hosts_toml_silent_on_port_and_user_takes_them_from_the_ssh_config_alias() {
+    let sshd = Sshd::start();
+    let user = "provtest_alias";
+    ensure_user(user, SudoRule::NoPassword);
+    sshd.authorize(user, &sshd.client_key.with_extension("pub"));
+    let home = sshd.subdir("alias-user-home");
+    let dot_ssh = home.join(".ssh");
+    std::fs::create_dir_all(&dot_ssh).unwrap();
+    let refusing = RefusingPort::new();
+    std::fs::write(
+        dot_ssh.join("config"),
+        format!(
+            "Host dbalias webalias\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n",
+            port = sshd.port,
+            key = sshd.client_key.display()
+        ),
+    )
+    .unwrap();
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("hosts.toml"),
+        format!(
+            "[project]\nname = \"aliastest\"\nknown_hosts = \"{kh}\"\n\n\
+             [hosts.db]\naddress = \"dbalias\"\n\n\
+             [hosts.web]\naddress = \"webalias\"\nport = {refused}\n\n\
+             [services.redis]\nhost = \"db\"\ntemplate = \"redis\"\n",
+            kh = sshd.known_hosts_file().display(),
+            refused = refusing.port,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(&project)
+        .env("HOME", &home)
+        .args(["--hosts", "hosts.toml", "status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = sshd.log();
+    assert!(
+        stdout.contains("host db (dbalias):\n") && !stdout.contains("db (dbalias): unreachable"),
+        "db must connect through the alias's Port:\n{stdout}\n{stderr}\n{log}"
+    );
+    assert!(
+        log.contains(&format!("Accepted publickey for {user} ")),
+        "the alias's User logs in:\n{log}"
+    );
+    // `docker ps` ran as root through sudo: no permission error on the socket.
+    assert!(!stdout.contains("permission denied"), "{stdout}");
+    // hosts.toml's port beats the alias's.
+    assert!(
+        stdout.contains(&format!(
+            "host web (webalias): unreachable: web: cannot connect to 127.0.0.1:{}",
+            refusing.port
+        )),
+        "{stdout}"
+    );
+}
+

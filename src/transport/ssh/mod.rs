@@ -26,7 +26,7 @@ mod known_hosts;
 mod stream;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -123,12 +123,24 @@ impl SshTarget {
     }
 
     fn ssh_dir(&self) -> PathBuf {
-        self.ssh_dir.clone().unwrap_or_else(|| {
-            dirs::home_dir()
-                .unwrap_or_else(|| PathBuf::from("/root"))
-                .join(".ssh")
-        })
+        self.ssh_dir.clone().unwrap_or_else(user_ssh_dir)
     }
+}
+
+/// `~/.ssh` of the user running provision.
+pub fn user_ssh_dir() -> PathBuf {
+    dirs::home_dir()
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".ssh")
+}
+
+/// The user and port `~/.ssh/config` (in `ssh_dir`, `None`: the user's)
+/// gives for `address`, each `None` where it says nothing. A file that
+/// cannot be parsed says nothing here; connecting reports it.
+pub fn ssh_config_login(ssh_dir: Option<&Path>, address: &str) -> (Option<String>, Option<u16>) {
+    let dir = ssh_dir.map(Path::to_path_buf).unwrap_or_else(user_ssh_dir);
+    let login = config::login(&dir.join("config"), address).unwrap_or_default();
+    (login.user, login.port)
 }
 
 /// A connection to one host. Cheap to clone: clones share the connection.
