@@ -686,6 +686,16 @@ async fn a_server_that_never_speaks_ssh_times_out_clearly() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 
+/// The first two fields (`type base64`) of a `.pub` file.
+fn pub_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Item 14: `address = "alias"` with no `port` and no `user` connects with
 /// the alias's Port and User (a non-root User implies sudo, as `user` in
 /// hosts.toml does); a `port` in hosts.toml still wins over the alias.
@@ -751,3 +761,94 @@ fn hosts_toml_silent_on_port_and_user_takes_them_from_the_ssh_config_alias() {
     );
 }
 
+/// Item 15: `@revoked` in ~/.ssh/known_hosts refuses the key although the
+/// project's known_hosts records it as a normal entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_in_one_known_hosts_file_is_refused_though_another_records_it() {
+    let sshd = Sshd::start();
+    let tg = target(&sshd);
+    let user_file = tg.ssh_dir.clone().unwrap().join("known_hosts");
+    std::fs::write(
+        &user_file,
+        format!("# revoked after a leak\n@revoked * {}\n", sshd.host_pubkey),
+    )
+    .unwrap();
+    let err = match SshTransport::connect(tg).await {
+        Ok(_) => panic!("a revoked host key was accepted"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(
+        msg.contains(&format!("{}:2", user_file.display())),
+        "names the file and line: {msg}"
+    );
+}
+
+/// Item 15: runs that learn a key at once under `accept-new` record it
+/// once, as whole lines, in a file of mode 0600 (created with its folder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_new_from_parallel_runs_records_the_key_once_in_a_private_file() {
+    let sshd = Sshd::start();
+    let kh = sshd.subdir("learn").join("state").join("known_hosts");
+    let conns = futures::future::join_all((0..6).map(|_| {
+        let mut tg = target(&sshd);
+        tg.known_hosts = vec![kh.clone()];
+        tg.host_key_policy = HostKeyPolicy::AcceptNew;
+        SshTransport::connect(tg)
+    }))
+    .await;
+    for c in conns {
+        let t = c.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+        assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&kh).unwrap(),
+        format!("{}\n", sshd.known_hosts_line())
+    );
+    assert_eq!(mode(&kh), 0o600);
+    // A later learner keeps the file private.
+    let other = sshd.subdir("learn2").join("known_hosts");
+    std::fs::write(&other, "other ssh-ed25519 AAAA\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![other.clone()];
+    tg.host_key_policy = HostKeyPolicy::AcceptNew;
+    SshTransport::connect(tg).await.unwrap();
+    assert_eq!(mode(&other), 0o600);
+    assert!(std::fs::read_to_string(&other)
+        .unwrap()
+        .ends_with(&format!("\n{}\n", sshd.known_hosts_line())));
+}
+
+/// Item 15: a host with ed25519 and ecdsa keys, of which known_hosts holds
+/// only the ecdsa one, is reached under strict checking (the recorded type
+/// is preferred in the key exchange, as OpenSSH does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_key_type_that_known_hosts_records_is_preferred() {
+    let keys = tempfile::tempdir().unwrap();
+    let ecdsa = keys.path().join("host_ecdsa");
+    support::sshd::keygen(&ecdsa, "ecdsa", "");
+    let sshd = Sshd::start_with(&format!("HostKey {}", ecdsa.display()));
+    let kh = sshd.subdir("ecdsa-only").join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            sshd.port,
+            pub_line(&ecdsa.with_extension("pub"))
+        ),
+    )
+    .unwrap();
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![kh];
+    let t = SshTransport::connect(tg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    // With nothing recorded for it the usual order holds: the ed25519 key.
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![];
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    assert!(err.to_string().contains("(ssh-ed25519 "), "{err}");
+}

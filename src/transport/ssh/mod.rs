@@ -809,6 +809,16 @@ impl client::Handler for Client {
                     line,
                 })
             }
+            known_hosts::Verdict::Revoked { file, line } => {
+                self.refuse(TransportError::HostKeyRevoked {
+                    host: self.host.clone(),
+                    addr,
+                    algorithm,
+                    fingerprint,
+                    file,
+                    line,
+                })
+            }
             known_hosts::Verdict::Unknown if self.policy == HostKeyPolicy::AcceptNew => {
                 match known_hosts::learn(&self.learn_file, &self.address, self.port, &key) {
                     Ok(()) => Ok(true),
@@ -858,12 +868,17 @@ fn warn_once(host: &str, addr: &str) {
     }
 }
 
-fn client_config() -> Arc<client::Config> {
+/// `recorded`: the host-key algorithms known_hosts holds for the host,
+/// asked for first (see [`known_hosts::prefer_recorded`]).
+fn client_config(recorded: &[russh::keys::Algorithm]) -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    preferred.key = known_hosts::prefer_recorded(&preferred.key, recorded).into();
     Arc::new(client::Config {
         nodelay: true,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
+        preferred,
         ..Default::default()
     })
 }
@@ -902,6 +917,7 @@ fn open<'a>(
             .find(|f| known_hosts::writable(f))
             .cloned()
             .unwrap_or(user_file);
+        let recorded = known_hosts::recorded_algorithms(&files, &r.address, r.port);
         let refusal = Arc::new(Mutex::new(None));
         let handler = Client {
             host: host.clone(),
@@ -961,7 +977,7 @@ fn open<'a>(
                 })?;
             let h = tokio::time::timeout(
                 timeout,
-                client::connect_stream(client_config(), channel.into_stream(), handler),
+                client::connect_stream(client_config(&recorded), channel.into_stream(), handler),
             )
             .await
             .map_err(|_| handshake_timeout())?
@@ -1000,7 +1016,7 @@ fn open<'a>(
             })?;
             let h = tokio::time::timeout(
                 timeout,
-                client::connect_stream(client_config(), stream, handler),
+                client::connect_stream(client_config(&recorded), stream, handler),
             )
             .await
             .map_err(|_| handshake_timeout())?
