@@ -348,7 +348,7 @@ pub async fn up_with(
                     Some((Ok(broken), probe)) => {
                         h.probe = Some(probe);
                         if let Some(info) = broken {
-                            eprintln!("{}: broke the lock held by {info}", h.plan.host);
+                            eprintln!("{}: removed the lock held by {info}", h.plan.host);
                         }
                         if let Ok(t) = &h.transport {
                             locked.push(t.clone());

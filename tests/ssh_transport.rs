@@ -852,3 +852,131 @@ async fn a_host_key_type_that_known_hosts_records_is_preferred() {
     let err = SshTransport::connect(tg).await.unwrap_err();
     assert!(err.to_string().contains("(ssh-ed25519 "), "{err}");
 }
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks since boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+/// A lock as another run would have left it on the host (this machine,
+/// reached through the test sshd).
+fn plant_lock(project: &str, info: Option<&str>) {
+    let dir = Path::new("/var/lib/provision").join(project).join("lock");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(info) = info {
+        std::fs::write(dir.join("info"), format!("{info}\n")).unwrap();
+    }
+}
+
+/// Item 16: a lock names its holder by machine id, boot id and start time;
+/// only a holder of this machine that is provably gone is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_is_known_by_machine_boot_and_start_time() {
+    use provision::host_lock::{self, RunId, TakeError};
+    use std::os::unix::process::CommandExt;
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let project = format!("locktest-{}-{}", std::process::id(), rand::random::<u32>());
+    let me = RunId::current();
+    let machine = read_trimmed("/etc/machine-id");
+    let boot = read_trimmed("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let ns = ns.to_string_lossy();
+    let ns = ns.trim_start_matches("pid:[").trim_end_matches(']');
+    let info = me.lock_info();
+    assert!(
+        info.contains(&machine) && info.contains(&boot),
+        "the lock names machine and boot: {info}"
+    );
+    assert!(
+        info.contains(&format!("started {}", start_ticks(std::process::id()))),
+        "{info}"
+    );
+
+    // A live process whose command line says provision, as a run's does.
+    let mut live = std::process::Command::new("sleep")
+        .arg0("provision")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let (pid, started) = (live.id(), start_ticks(live.id()));
+    let owner = &me.owner;
+    let other_machine = "0123456789abcdef0123456789abcdef";
+    let other_boot = "00000000-1111-2222-3333-444444444444";
+    let cases = [
+        (
+            format!("{owner} (pid 4194304999, started 5, boot {boot}, machine {other_machine}, ns {ns}, run a1): provision up"),
+            false,
+            "a run on another machine with this hostname (its pid is not ours to look at)",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {}, boot {boot}, machine {machine}, ns {ns}, run b2): provision up", started + 7),
+            true,
+            "a gone run whose pid another process uses now",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {started}, boot {other_boot}, machine {machine}, ns {ns}, run c3): provision up"),
+            true,
+            "a run of this machine before its last reboot",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {started}, boot {boot}, machine {machine}, ns {ns}, run d4): provision up"),
+            false,
+            "a live run of this machine",
+        ),
+    ];
+    for (holder, stale, what) in &cases {
+        plant_lock(
+            &project,
+            Some(&format!("{holder} since 2025-01-01T00:00:00Z")),
+        );
+        let r = host_lock::try_take(&t, &project, &me, false).await;
+        if *stale {
+            let said = match r {
+                Ok(Some(said)) => said,
+                other => panic!("{what}: stale, yet {other:?}"),
+            };
+            assert!(said.contains("that run is gone"), "{what}: {said}");
+            host_lock::release(&t, &project, &me).await.unwrap();
+        } else {
+            assert!(
+                matches!(r, Err(TakeError::Held { .. })),
+                "{what}: not stale, yet {r:?}"
+            );
+        }
+    }
+    let _ = live.kill();
+    let _ = live.wait();
+
+    // --break-lock says what it removed: holder, since when, command.
+    plant_lock(
+        &project,
+        Some(
+            "someone@elsewhere (pid 77, run ab): provision up --only db since 2025-01-01T00:00:00Z",
+        ),
+    );
+    let said = host_lock::try_take(&t, &project, &me, true)
+        .await
+        .unwrap()
+        .expect("a broken lock is reported");
+    assert_eq!(
+        said,
+        "someone@elsewhere (pid 77), running `provision up --only db` since 2025-01-01T00:00:00Z"
+    );
+    host_lock::release(&t, &project, &me).await.unwrap();
+    plant_lock(&project, None);
+    let said = host_lock::try_take(&t, &project, &me, true)
+        .await
+        .unwrap()
+        .expect("a broken lock is reported");
+    assert!(said.contains("no holder information"), "{said}");
+    host_lock::release(&t, &project, &me).await.unwrap();
+    std::fs::remove_dir_all(Path::new("/var/lib/provision").join(&project)).unwrap();
+}
