@@ -388,7 +388,11 @@ async fn status(inv: &Inventory) -> i32 {
     for h in &inv.hosts {
         let out = match SshTransport::connect(run::ssh_target(inv, h)).await {
             Ok(t) => t
-                .exec(Exec::new(line.clone()))
+                .exec(
+                    Exec::new(line.clone())
+                        .timeout(std::time::Duration::from_secs(60))
+                        .idempotent(true),
+                )
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -980,3 +980,75 @@ async fn a_lock_holder_is_known_by_machine_boot_and_start_time() {
     host_lock::release(&t, &project, &me).await.unwrap();
     std::fs::remove_dir_all(Path::new("/var/lib/provision").join(&project)).unwrap();
 }
+
+/// Item 17: a login shell whose rc file prints `1` before the process-group
+/// line: a timed-out command is still stopped by its own group, and no
+/// other process of the user is signalled (today's `kill -TERM -1`).
+/// The user is not root and has no sudo here, so even a wrong kill reaches
+/// only that user's processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_shell_that_prints_1_first_never_turns_a_timeout_into_kill_minus_1() {
+    let sshd = Sshd::start();
+    let user = "provtest_chatty";
+    support::sshd::ensure_user_with_shell(user, SudoRule::NoPassword, "/bin/bash");
+    let home = PathBuf::from(format!("/home/{user}"));
+    std::fs::write(home.join(".bashrc"), "echo 1\n").unwrap();
+    sshd.authorize(user, &sshd.client_key.with_extension("pub"));
+    // Another process of that user, in no group of a command of ours.
+    let mut bystander = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--clear-groups",
+            "sleep",
+            "120",
+        ])
+        .spawn()
+        .unwrap();
+    let mut tg = target(&sshd);
+    tg.user = user.into();
+    tg.sudo = false;
+    let t = SshTransport::connect(tg).await.unwrap();
+    let err = t
+        .exec(Exec::new("sleep 989").timeout(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err:?}");
+    wait_gone(&sshd, "sleep 989").await;
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(alive, "a process outside the command's group was killed");
+    // The rc's `1` does come first: it goes to stderr, and neither it nor
+    // the group line reaches the command's stdout.
+    let out = t.exec(Exec::new("echo still")).await.unwrap();
+    assert_eq!(out.stdout_str(), "still\n");
+    assert_eq!(out.stderr_str(), "1\n");
+}
+
+/// Item 17: a Docker API socket that accepts and never answers fails the
+/// call within its deadline, naming the host and the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_api_socket_that_never_answers_fails_within_its_deadline() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let sock = sshd.subdir("hung-docker").join("docker.sock");
+    let _never_accepts = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(40),
+        provision::docker_api::get_at(&t, &sock.display().to_string(), "/version"),
+    )
+    .await
+    .expect("a hung Docker API socket hung the call");
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("testhost")
+            && err.contains("GET /version")
+            && err.contains("no answer within"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
