@@ -282,9 +282,10 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
     }
     if cli.machines_only {
         for h in &inv.hosts {
+            let login = run::login(h);
             println!(
                 "{:<10} {} (ssh {}@{} -p {})",
-                h.name, h.address, h.user, h.address, h.port
+                h.name, h.address, login.user, h.address, login.port
             );
         }
         return EXIT_OK;
@@ -409,7 +410,11 @@ async fn status(inv: &Inventory) -> i32 {
     for h in &inv.hosts {
         let out = match SshTransport::connect(run::ssh_target(inv, h)).await {
             Ok(t) => t
-                .exec(Exec::new(line.clone()))
+                .exec(
+                    Exec::new(line.clone())
+                        .timeout(std::time::Duration::from_secs(60))
+                        .idempotent(true),
+                )
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -16,14 +16,64 @@ use crate::transport::{Exec, Transport};
 
 pub const SOCKET: &str = "/var/run/docker.sock";
 
+/// How long one API call may take, connecting included. The calls are
+/// small queries; a socket that takes longer is hung (a wedged daemon), and
+/// waiting for it would hang the run.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a call gave no answer.
+enum CallError {
+    /// The API cannot be used here (no socket, forwarding refused, an HTTP
+    /// error): the caller may fall back to commands.
+    Unusable(String),
+    /// No answer within [`CALL_DEADLINE`]: the message names the host and
+    /// the call.
+    Hung(String),
+}
+
+impl CallError {
+    fn message(self) -> String {
+        match self {
+            CallError::Unusable(m) | CallError::Hung(m) => m,
+        }
+    }
+}
+
 /// One GET on the API socket; `Ok(None)` for a 404.
-async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, String> {
-    get_at(t, SOCKET, path).await
+async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
+    get_within(t, SOCKET, path, CALL_DEADLINE).await
 }
 
 /// One GET on the API at `socket` on the host behind `t`; `Ok(None)` for a
-/// 404.
+/// 404. Bounded by [`CALL_DEADLINE`].
 pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Option<Value>, String> {
+    get_within(t, socket, path, CALL_DEADLINE)
+        .await
+        .map_err(CallError::message)
+}
+
+async fn get_within(
+    t: &dyn Transport,
+    socket: &str,
+    path: &str,
+    deadline: Duration,
+) -> Result<Option<Value>, CallError> {
+    match tokio::time::timeout(deadline, get_unbounded(t, socket, path)).await {
+        Ok(r) => r.map_err(CallError::Unusable),
+        Err(_) => Err(CallError::Hung(format!(
+            "{}: Docker API GET {} on {socket}: no answer within {} s (is the Docker daemon hung?)",
+            t.name(),
+            path.split('?').next().unwrap_or(path),
+            deadline.as_secs_f32()
+        ))),
+    }
+}
+
+async fn get_unbounded(
+    t: &dyn Transport,
+    socket: &str,
+    path: &str,
+) -> Result<Option<Value>, String> {
     let stream = t
         .unix_stream(socket)
         .await
@@ -34,6 +84,9 @@ pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Optio
         .await
         .map_err(|e| format!("docker API: {e}"))?;
     let driver = tokio::spawn(conn);
+    // The connection task ends with this call, also when the deadline
+    // drops it midway.
+    let _stop_driver = AbortOnDrop(driver);
     let req = hyper::Request::get(path)
         .header("Host", "docker")
         .body(Empty::new())
@@ -49,7 +102,6 @@ pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Optio
         .await
         .map_err(|e| format!("docker API: {e}"))?
         .to_bytes();
-    driver.abort();
     if status == hyper::StatusCode::NOT_FOUND {
         return Ok(None);
     }
@@ -61,18 +113,36 @@ pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Optio
         .map_err(|e| format!("docker API {path}: {e}"))
 }
 
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn label_filter(project: &str) -> String {
     let f = format!("{{\"label\":[\"{PROJECT_LABEL}={project}\"]}}");
     utf8_percent_encode(&f, NON_ALPHANUMERIC).to_string()
 }
 
-/// The probe's text (the format [`crate::probe::HostState::parse`] reads),
-/// or `None` when the API cannot be used on this host.
-pub async fn probe(t: &dyn Transport, project: &str, bases: &[String]) -> Option<String> {
+/// The probe's text (the format [`crate::probe::HostState::parse`] reads);
+/// `Ok(None)` when the API cannot be used on this host (the caller probes
+/// with commands), `Err` when a call or the extras command got no answer
+/// within its deadline (a hung daemon: commands would hang as well).
+pub async fn probe(
+    t: &dyn Transport,
+    project: &str,
+    bases: &[String],
+) -> Result<Option<String>, String> {
     let filter = label_filter(project);
-    let version = match tokio::time::timeout(Duration::from_secs(10), get(t, "/version")).await {
-        Ok(Ok(Some(v))) => v["Version"].as_str()?.to_string(),
-        _ => return None,
+    let version = match get(t, "/version").await {
+        Ok(Some(v)) => match v["Version"].as_str() {
+            Some(v) => v.to_string(),
+            None => return Ok(None),
+        },
+        Err(CallError::Hung(m)) => return Err(m),
+        _ => return Ok(None),
     };
     let images_path = format!("/images/json?filters={filter}");
     let containers_path = format!("/containers/json?all=1&filters={filter}");
@@ -91,50 +161,105 @@ pub async fn probe(t: &dyn Transport, project: &str, bases: &[String]) -> Option
         t.exec(rest),
         futures::future::join_all(base_paths.iter().map(|p| get(t, p))),
     );
+    let base_found = base_found
+        .into_iter()
+        .map(|r| match r {
+            Ok(found) => Ok(found.is_some()),
+            Err(CallError::Hung(m)) => Err(m),
+            Err(CallError::Unusable(_)) => Ok(false),
+        })
+        .collect::<Result<Vec<bool>, String>>()?;
+    let answer = |r: Result<Option<Value>, CallError>| match r {
+        Ok(Some(v)) => Ok(Some(v)),
+        Ok(None) | Err(CallError::Unusable(_)) => Ok(None),
+        Err(CallError::Hung(m)) => Err(m),
+    };
     let (images, containers, networks, volumes) = (
-        images.ok()??,
-        containers.ok()??,
-        networks.ok()??,
-        volumes.ok()??,
+        answer(images)?,
+        answer(containers)?,
+        answer(networks)?,
+        answer(volumes)?,
     );
-    let extras = extras.ok().filter(|o| o.success())?.stdout_str();
+    let (Some(images), Some(containers), Some(networks), Some(volumes)) =
+        (images, containers, networks, volumes)
+    else {
+        return Ok(None);
+    };
+    let extras = match extras {
+        Ok(o) if o.success() => o.stdout_str(),
+        Err(e @ crate::transport::TransportError::Timeout { .. }) => return Err(e.to_string()),
+        _ => return Ok(None),
+    };
+    let answers = Answers {
+        version,
+        images,
+        containers,
+        networks,
+        volumes,
+        base_found,
+    };
+    Ok(answers.render(bases, &extras))
+}
 
-    let mut out = format!("@docker {version}\n@images\n");
-    for img in images.as_array()? {
-        for tag in img["RepoTags"].as_array().into_iter().flatten() {
-            out.push_str(tag.as_str().unwrap_or_default());
+/// What the API said for one probe.
+struct Answers {
+    version: String,
+    images: Value,
+    containers: Value,
+    networks: Value,
+    volumes: Value,
+    /// One per base image asked for: whether the host has it.
+    base_found: Vec<bool>,
+}
+
+impl Answers {
+    /// The probe's text; `None` when an answer is not of the expected shape.
+    fn render(&self, bases: &[String], extras: &str) -> Option<String> {
+        let Answers {
+            version,
+            images,
+            containers,
+            networks,
+            volumes,
+            base_found,
+        } = self;
+        let mut out = format!("@docker {version}\n@images\n");
+        for img in images.as_array()? {
+            for tag in img["RepoTags"].as_array().into_iter().flatten() {
+                out.push_str(tag.as_str().unwrap_or_default());
+                out.push('\n');
+            }
+        }
+        out.push_str("@containers\n");
+        for c in containers.as_array()? {
+            let name = c["Names"][0]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            let state = c["State"].as_str().unwrap_or_default();
+            let spec = c["Labels"][SPEC_LABEL].as_str().unwrap_or_default();
+            out.push_str(&format!("{name}\t{state}\t{spec}\n"));
+        }
+        out.push_str("@networks\n");
+        for n in networks.as_array()? {
+            out.push_str(n["Name"].as_str().unwrap_or_default());
             out.push('\n');
         }
-    }
-    out.push_str("@containers\n");
-    for c in containers.as_array()? {
-        let name = c["Names"][0]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches('/');
-        let state = c["State"].as_str().unwrap_or_default();
-        let spec = c["Labels"][SPEC_LABEL].as_str().unwrap_or_default();
-        out.push_str(&format!("{name}\t{state}\t{spec}\n"));
-    }
-    out.push_str("@networks\n");
-    for n in networks.as_array()? {
-        out.push_str(n["Name"].as_str().unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("@volumes\n");
-    for v in volumes["Volumes"].as_array().into_iter().flatten() {
-        out.push_str(v["Name"].as_str().unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("@bases\n");
-    for (b, found) in bases.iter().zip(base_found) {
-        if matches!(found, Ok(Some(_))) {
-            out.push_str(b);
+        out.push_str("@volumes\n");
+        for v in volumes["Volumes"].as_array().into_iter().flatten() {
+            out.push_str(v["Name"].as_str().unwrap_or_default());
             out.push('\n');
         }
+        out.push_str("@bases\n");
+        for (b, found) in bases.iter().zip(base_found) {
+            if *found {
+                out.push_str(b);
+                out.push('\n');
+            }
+        }
+        out.push_str(extras);
+        Some(out)
     }
-    out.push_str(&extras);
-    Some(out)
 }
 
 #[cfg(test)]

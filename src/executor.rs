@@ -149,7 +149,7 @@ pub async fn probe_host(
         .collect();
     bases.insert(crate::backup::DATA_IMAGE.to_string());
     let bases: Vec<String> = bases.into_iter().collect();
-    if let Some(text) = crate::docker_api::probe(t, project, &bases).await {
+    if let Some(text) = crate::docker_api::probe(t, project, &bases).await? {
         return Ok(HostState::parse(&text));
     }
     let line = commands::probe(project, &bases);
@@ -715,7 +715,9 @@ impl HostRun {
             Ok(out) if out.success() => Ok(()),
             Ok(out) => {
                 let remember = commands::remember_unpullable(&self.project, image);
-                let _ = t.exec(Exec::new(remember)).await;
+                let _ = t
+                    .exec(Exec::new(remember).timeout(Duration::from_secs(30)))
+                    .await;
                 Err(format!(
                     "image {image} cannot be pulled on this host: {}",
                     last_line(&out.stderr_str())

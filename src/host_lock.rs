@@ -19,6 +19,62 @@ pub struct RunId {
     pub command: String,
     /// Unique per run, so a run releases only its own lock.
     pub token: String,
+    /// What tells this process apart from any other, past or future.
+    process: Process,
+}
+
+/// A process, named so that it is never mistaken for another: a hostname
+/// is not unique (two machines may share one), and a pid is reused by
+/// other processes and after a reboot. The machine id, the boot id and the
+/// start time since that boot are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Process {
+    pid: u32,
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    started: Option<u64>,
+    /// /proc/sys/kernel/random/boot_id: new at every boot.
+    boot: Option<String>,
+    /// /etc/machine-id (or D-Bus's copy).
+    machine: Option<String>,
+    /// The pid namespace (/proc/self/ns/pid): two containers of one kernel
+    /// sharing a machine id and hostname cannot see each other's pids.
+    pid_ns: Option<String>,
+}
+
+impl Process {
+    fn current() -> Process {
+        let pid = std::process::id();
+        let first_line = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && !s.contains([' ', ',', ')']))
+        };
+        Process {
+            pid,
+            started: start_ticks(pid),
+            boot: first_line("/proc/sys/kernel/random/boot_id"),
+            machine: first_line("/etc/machine-id")
+                .or_else(|| first_line("/var/lib/dbus/machine-id")),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|l| {
+                    l.to_string_lossy()
+                        .trim_start_matches("pid:")
+                        .trim_matches(['[', ']'])
+                        .to_string()
+                })
+                .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat (after the `(comm)` field, which may hold
+/// spaces and parentheses): the start time in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// `user@machine` of this process.
@@ -32,24 +88,100 @@ fn owner_here() -> String {
     format!("{user}@{machine}")
 }
 
-/// The pid in a lock's info when its owner is `owner`
-/// (`OWNER (pid N, run T): COMMAND since TIME`).
-fn holder_pid(holder: &str, owner: &str) -> Option<u32> {
-    let rest = holder.strip_prefix(owner)?.strip_prefix(" (pid ")?;
-    rest.split(',').next()?.parse().ok()
+/// What a lock's info says: `OWNER (pid N, started T, boot B, machine M,
+/// ns P, run R): COMMAND since TIME`. Older locks say less (`OWNER (pid N,
+/// run R): COMMAND since TIME`); what is missing is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    owner: String,
+    process: Option<Process>,
+    command: String,
+    since: Option<String>,
 }
 
-/// A lock left by a run of this computer (same user) whose process is gone:
-/// it died without releasing it (killed, or its host dropped before the
-/// release). Locks of other computers are never judged stale.
-fn stale_here(holder: &str) -> bool {
-    let Some(pid) = holder_pid(holder, &owner_here()) else {
-        return false;
+impl Holder {
+    fn parse(info: &str) -> Option<Holder> {
+        let info = info.trim();
+        let (head, command) = info.split_once("): ")?;
+        let (owner, fields) = head.split_once(" (")?;
+        let field = |name: &str| {
+            fields.split(", ").find_map(|f| {
+                f.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .map(str::to_string)
+            })
+        };
+        let process = field("pid")
+            .and_then(|p| p.parse().ok())
+            .map(|pid| Process {
+                pid,
+                started: field("started").and_then(|t| t.parse().ok()),
+                boot: field("boot"),
+                machine: field("machine"),
+                pid_ns: field("ns"),
+            });
+        let (command, since) = match command.rsplit_once(" since ") {
+            Some((c, t)) => (c.to_string(), Some(t.to_string())),
+            None => (command.to_string(), None),
+        };
+        Some(Holder {
+            owner: owner.to_string(),
+            process,
+            command,
+            since,
+        })
+    }
+
+    /// Gone for certain: a run of this very machine (machine id, and the
+    /// same user and hostname) that ran before its last boot, or whose pid
+    /// no longer belongs to a process started when it was. Anything
+    /// unknown (another machine, a lock without ids, another pid namespace)
+    /// is never judged gone.
+    fn is_gone(&self, owner_here: &str, here: &Process) -> bool {
+        let Some(p) = &self.process else {
+            return false;
+        };
+        let this_machine =
+            self.owner == owner_here && p.machine.is_some() && p.machine == here.machine;
+        if !this_machine || p.boot.is_none() || here.boot.is_none() {
+            return false;
+        }
+        if p.boot != here.boot {
+            return true; // every process of the holder's boot is gone
+        }
+        if p.pid_ns.is_none() || p.pid_ns != here.pid_ns {
+            return false;
+        }
+        let Some(started) = p.started else {
+            return false;
+        };
+        start_ticks(p.pid) != Some(started)
+    }
+}
+
+/// A lock's info as people read it: `OWNER (pid N), running `COMMAND`
+/// since TIME` (the ids that tell processes apart are left out).
+pub fn describe(info: &str) -> String {
+    let info = info.trim();
+    if info.is_empty() || info == "(no info)" {
+        return "a lock with no holder information".into();
+    }
+    let Some(h) = Holder::parse(info) else {
+        return info.to_string();
     };
-    let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("provision"))
-        .unwrap_or(false);
-    !alive
+    let pid = h
+        .process
+        .map(|p| format!(" (pid {})", p.pid))
+        .unwrap_or_default();
+    let since = h.since.map(|t| format!(" since {t}")).unwrap_or_default();
+    format!("{}{pid}, running `{}`{since}", h.owner, h.command)
+}
+
+/// A lock left by a run of this machine whose process is gone: it died
+/// without releasing it (killed, or its host dropped before the release),
+/// or the machine rebooted since. See [`Holder::is_gone`].
+fn stale_here(holder: &str) -> bool {
+    Holder::parse(holder).is_some_and(|h| h.is_gone(&owner_here(), &Process::current()))
 }
 
 impl RunId {
@@ -59,18 +191,26 @@ impl RunId {
             owner: owner_here(),
             command: format!("provision {}", shell_words::join(&args)),
             token: format!("{:016x}", rand::random::<u64>()),
+            process: Process::current(),
         }
     }
 
-    /// What the lock says (the host appends `since TIME`).
+    /// What the lock says (the host appends `since TIME`): enough for a
+    /// later run on this machine to tell whether this process still runs.
     pub fn lock_info(&self) -> String {
-        format!(
-            "{} (pid {}, run {}): {}",
-            self.owner,
-            std::process::id(),
-            self.token,
-            self.command
-        )
+        let p = &self.process;
+        let mut fields = vec![format!("pid {}", p.pid)];
+        let mut add = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                fields.push(format!("{name} {v}"));
+            }
+        };
+        add("started", p.started.map(|t| t.to_string()));
+        add("boot", p.boot.clone());
+        add("machine", p.machine.clone());
+        add("ns", p.pid_ns.clone());
+        fields.push(format!("run {}", self.token));
+        format!("{} ({}): {}", self.owner, fields.join(", "), self.command)
     }
 }
 
@@ -88,17 +228,19 @@ impl std::fmt::Display for TakeError {
         match self {
             TakeError::Held { project, holder } => write!(
                 f,
-                "another run holds the lock {}/lock: {holder}; wait for it, or if it is stale \
+                "another run holds the lock {}/lock: {}; wait for it, or if it is stale \
                  (that run is gone) run again with --break-lock",
-                commands::remote_root(project)
+                commands::remote_root(project),
+                describe(holder)
             ),
             TakeError::Failed(e) => f.write_str(e),
         }
     }
 }
 
-/// Take the project's lock on the host. `Ok(Some(info))` when a stale lock
-/// was broken (`break_lock`), with what it said.
+/// Take the project's lock on the host. `Ok(Some(what))` when a lock was
+/// removed first (`break_lock`, or a stale one of this machine): what it
+/// said, as [`describe`] puts it.
 pub async fn take(
     t: &dyn Transport,
     project: &str,
@@ -126,7 +268,7 @@ pub async fn try_take(
                 .map_err(TakeError::Failed)?;
             try_take_once(t, project, run, false)
                 .await
-                .map(|_| Some(format!("{holder} (that run is gone)")))
+                .map(|_| Some(format!("{} (that run is gone)", describe(&holder))))
         }
         other => other,
     }
@@ -165,7 +307,7 @@ async fn try_take_once(
     }
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("@broken ").map(|s| s.trim().to_string())))
+        .find_map(|l| l.strip_prefix("@broken").map(describe)))
 }
 
 /// How often a waiting run looks at a held lock again.
@@ -189,7 +331,7 @@ pub async fn take_waiting(
             Ok(_) => return Ok(()),
             Err(TakeError::Held { project, holder }) => {
                 if !told {
-                    on_held(&holder);
+                    on_held(&describe(&holder));
                     told = true;
                 }
                 if tokio::time::Instant::now() + WAIT_POLL > deadline {
@@ -240,21 +382,88 @@ pub async fn audit(
 mod tests {
     use super::*;
 
+    fn here() -> Process {
+        Process {
+            pid: 4242,
+            started: Some(100),
+            boot: Some("boot-now".into()),
+            machine: Some("m1".into()),
+            pid_ns: Some("4026531836".into()),
+        }
+    }
+
     #[test]
-    fn a_lock_of_a_gone_run_here_is_stale_and_others_are_not() {
-        let me = owner_here();
-        let mine = format!(
-            "{me} (pid {}, run ab): provision up since 2025-01-01T00:00:00Z",
-            std::process::id()
+    fn lock_info_round_trips_and_describes_without_ids() {
+        let run = RunId {
+            owner: "me@box".into(),
+            command: "provision up --only db".into(),
+            token: "ab12".into(),
+            process: here(),
+        };
+        let info = format!("{} since 2025-01-01T00:00:00Z", run.lock_info());
+        assert_eq!(
+            info,
+            "me@box (pid 4242, started 100, boot boot-now, machine m1, ns 4026531836, run ab12): \
+             provision up --only db since 2025-01-01T00:00:00Z"
         );
-        assert_eq!(holder_pid(&mine, &me), Some(std::process::id()));
-        // This test's own binary (provision-HASH) is alive: a live run.
-        assert!(!stale_here(&mine));
-        let gone = format!("{me} (pid 4194304999, run ab): provision up since x");
-        assert!(stale_here(&gone));
-        assert!(!stale_here(
-            "someone@elsewhere (pid 1, run ab): provision up since x"
-        ));
-        assert!(!stale_here("(no info)"));
+        let h = Holder::parse(&info).unwrap();
+        assert_eq!(h.process, Some(here()));
+        assert_eq!(h.command, "provision up --only db");
+        assert_eq!(
+            describe(&info),
+            "me@box (pid 4242), running `provision up --only db` since 2025-01-01T00:00:00Z"
+        );
+        assert_eq!(describe(" "), "a lock with no holder information");
+        assert_eq!(describe("garbage"), "garbage");
+    }
+
+    #[test]
+    fn only_a_provably_gone_run_of_this_machine_is_gone() {
+        let me = Process {
+            pid: std::process::id(),
+            started: start_ticks(std::process::id()),
+            ..here()
+        };
+        let holder = |p: Process| Holder {
+            owner: "me@box".into(),
+            process: Some(p),
+            command: "provision up".into(),
+            since: None,
+        };
+        // This very process: alive.
+        assert!(!holder(me.clone()).is_gone("me@box", &me));
+        // Its pid, but a process started at another time: the pid was reused.
+        let reused = Process {
+            started: me.started.map(|t| t + 1),
+            ..me.clone()
+        };
+        assert!(holder(reused).is_gone("me@box", &me));
+        // A run before the last reboot.
+        let before_boot = Process {
+            boot: Some("boot-before".into()),
+            ..me.clone()
+        };
+        assert!(holder(before_boot).is_gone("me@box", &me));
+        // Another machine with this hostname, a dead pid: not ours to judge.
+        let elsewhere = Process {
+            pid: 4_194_304_999,
+            machine: Some("m2".into()),
+            ..me.clone()
+        };
+        assert!(!holder(elsewhere).is_gone("me@box", &me));
+        // Another pid namespace, another user, no machine id: unknown.
+        let other_ns = Process {
+            pid: 4_194_304_999,
+            pid_ns: Some("1".into()),
+            ..me.clone()
+        };
+        assert!(!holder(other_ns).is_gone("me@box", &me));
+        assert!(!holder(Process {
+            pid: 4_194_304_999,
+            ..me.clone()
+        })
+        .is_gone("you@box", &me));
+        let no_ids = Holder::parse("me@box (pid 4194304999, run ab): provision up").unwrap();
+        assert!(!no_ids.is_gone("me@box", &me));
     }
 }

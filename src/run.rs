@@ -109,10 +109,48 @@ pub async fn machines_up_for(inv: &Inventory, only: Option<&str>) -> Result<(), 
     Ok(())
 }
 
+/// Who a host is reached as: the user, the port, and whether lines run
+/// through sudo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    pub port: u16,
+    pub sudo: bool,
+}
+
+/// [`Login`] for a host: what hosts.toml says wins; what it leaves out
+/// comes from `~/.ssh/config` for the host's address (as OpenSSH's command
+/// line beats its config file), else root and 22. A local machine is
+/// provision's own (root, 22), whatever the config says for its address.
+pub fn login(h: &Host) -> Login {
+    let (config_user, config_port) = if h.machine.is_some() {
+        (None, None)
+    } else {
+        transport::ssh::ssh_config_login(None, &h.address)
+    };
+    login_with(h, config_user, config_port)
+}
+
+/// [`login`] given what `~/.ssh/config` says. A non-root user, from either
+/// source, implies sudo unless hosts.toml sets `sudo`.
+fn login_with(h: &Host, config_user: Option<String>, config_port: Option<u16>) -> Login {
+    let user = h
+        .user
+        .clone()
+        .or(config_user)
+        .unwrap_or_else(|| "root".into());
+    Login {
+        port: h.port.or(config_port).unwrap_or(22),
+        sudo: h.sudo.unwrap_or(user != "root"),
+        user,
+    }
+}
+
 pub fn ssh_target(inv: &Inventory, h: &Host) -> SshTarget {
+    let login = login(h);
     let mut t = SshTarget::new(&h.name, &h.address);
-    t.port = h.port;
-    t.user = h.user.clone();
+    t.port = login.port;
+    t.user = login.user;
     t.identity = match (&h.identity, &h.machine) {
         (Some(id), _) => Some(inv.resolve_path(&id.to_string_lossy())),
         // Local machines authorize the project's own key.
@@ -131,7 +169,7 @@ pub fn ssh_target(inv: &Inventory, h: &Host) -> SshTarget {
         files.push(machine_file);
     }
     t.known_hosts = files;
-    t.sudo = h.sudo;
+    t.sudo = login.sudo;
     t.connect_timeout = Duration::from_secs(15);
     t
 }
@@ -310,7 +348,7 @@ pub async fn up_with(
                     Some((Ok(broken), probe)) => {
                         h.probe = Some(probe);
                         if let Some(info) = broken {
-                            eprintln!("{}: broke the lock held by {info}", h.plan.host);
+                            eprintln!("{}: removed the lock held by {info}", h.plan.host);
                         }
                         if let Ok(t) = &h.transport {
                             locked.push(t.clone());
@@ -449,4 +487,58 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(port: Option<u16>, user: Option<&str>, sudo: Option<bool>) -> Host {
+        Host {
+            name: "db".into(),
+            address: "db-alias".into(),
+            private_address: None,
+            port,
+            user: user.map(Into::into),
+            identity: None,
+            passphrase_env: None,
+            host_key: inventory::HostKeyPolicy::Strict,
+            sudo,
+            docker: inventory::DockerSource::Distro,
+            machine: None,
+        }
+    }
+
+    #[test]
+    fn hosts_toml_wins_the_ssh_config_fills_the_rest_then_root_and_22() {
+        let cfg = || (Some("deploy".to_string()), Some(2222));
+        let (u, p) = cfg();
+        assert_eq!(
+            login_with(&host(None, None, None), u, p),
+            Login {
+                user: "deploy".into(),
+                port: 2222,
+                sudo: true
+            }
+        );
+        let (u, p) = cfg();
+        assert_eq!(
+            login_with(&host(Some(22), Some("root"), None), u, p),
+            Login {
+                user: "root".into(),
+                port: 22,
+                sudo: false
+            }
+        );
+        let (u, p) = cfg();
+        assert!(!login_with(&host(None, None, Some(false)), u, p).sudo);
+        assert_eq!(
+            login_with(&host(None, None, None), None, None),
+            Login {
+                user: "root".into(),
+                port: 22,
+                sudo: false
+            }
+        );
+    }
 }

@@ -94,7 +94,7 @@ impl Session {
             match taken {
                 Ok(broken) => {
                     if let Some(info) = broken {
-                        eprintln!("{name}: broke the lock held by {info}");
+                        eprintln!("{name}: removed the lock held by {info}");
                     }
                     locked.push((name, t));
                 }

@@ -234,6 +234,7 @@ fn same_state_both_ways(lab: &Lab) {
                 .unwrap();
             let api = provision::docker_api::probe(&t, &plan.project, &bases)
                 .await
+                .expect("API probe over SSH in time")
                 .expect("API probe over SSH");
             let out = t
                 .exec(Exec::new(provision::commands::probe(&plan.project, &bases)))

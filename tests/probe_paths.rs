@@ -53,6 +53,7 @@ fn api_and_cli_probes_agree() {
     let (api, cli) = rt.block_on(async {
         let api = provision::docker_api::probe(&local, &project, &bases)
             .await
+            .expect("the API probe answers in time")
             .expect("the API probe answers on the local socket");
         let out = local
             .exec(Exec::new(commands::probe(&project, &bases)))

@@ -681,3 +681,374 @@ async fn a_server_that_never_speaks_ssh_times_out_clearly() {
     );
     assert!(msg.contains("no answer within 0.5s"), "{msg}");
 }
+
+// ---- issue 10, items 14-17: ~/.ssh/config, known_hosts, locks, deadlines ----
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+
+/// The first two fields (`type base64`) of a `.pub` file.
+fn pub_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Item 14: `address = "alias"` with no `port` and no `user` connects with
+/// the alias's Port and User (a non-root User implies sudo, as `user` in
+/// hosts.toml does); a `port` in hosts.toml still wins over the alias.
+#[test]
+fn hosts_toml_silent_on_port_and_user_takes_them_from_the_ssh_config_alias() {
+    let sshd = Sshd::start();
+    let user = "provtest_alias";
+    ensure_user(user, SudoRule::NoPassword);
+    sshd.authorize(user, &sshd.client_key.with_extension("pub"));
+    let home = sshd.subdir("alias-user-home");
+    let dot_ssh = home.join(".ssh");
+    std::fs::create_dir_all(&dot_ssh).unwrap();
+    let refusing = RefusingPort::new();
+    std::fs::write(
+        dot_ssh.join("config"),
+        format!(
+            "Host dbalias webalias\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n",
+            port = sshd.port,
+            key = sshd.client_key.display()
+        ),
+    )
+    .unwrap();
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("hosts.toml"),
+        format!(
+            "[project]\nname = \"aliastest\"\nknown_hosts = \"{kh}\"\n\n\
+             [hosts.db]\naddress = \"dbalias\"\n\n\
+             [hosts.web]\naddress = \"webalias\"\nport = {refused}\n\n\
+             [services.redis]\nhost = \"db\"\ntemplate = \"redis\"\n",
+            kh = sshd.known_hosts_file().display(),
+            refused = refusing.port,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(&project)
+        .env("HOME", &home)
+        .args(["--hosts", "hosts.toml", "status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = sshd.log();
+    assert!(
+        stdout.contains("host db (dbalias):\n") && !stdout.contains("db (dbalias): unreachable"),
+        "db must connect through the alias's Port:\n{stdout}\n{stderr}\n{log}"
+    );
+    assert!(
+        log.contains(&format!("Accepted publickey for {user} ")),
+        "the alias's User logs in:\n{log}"
+    );
+    // `docker ps` ran as root through sudo: no permission error on the socket.
+    assert!(!stdout.contains("permission denied"), "{stdout}");
+    // hosts.toml's port beats the alias's.
+    assert!(
+        stdout.contains(&format!(
+            "host web (webalias): unreachable: web: cannot connect to 127.0.0.1:{}",
+            refusing.port
+        )),
+        "{stdout}"
+    );
+}
+
+/// Item 15: `@revoked` in ~/.ssh/known_hosts refuses the key although the
+/// project's known_hosts records it as a normal entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_in_one_known_hosts_file_is_refused_though_another_records_it() {
+    let sshd = Sshd::start();
+    let tg = target(&sshd);
+    let user_file = tg.ssh_dir.clone().unwrap().join("known_hosts");
+    std::fs::write(
+        &user_file,
+        format!("# revoked after a leak\n@revoked * {}\n", sshd.host_pubkey),
+    )
+    .unwrap();
+    let err = match SshTransport::connect(tg).await {
+        Ok(_) => panic!("a revoked host key was accepted"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(
+        msg.contains(&format!("{}:2", user_file.display())),
+        "names the file and line: {msg}"
+    );
+}
+
+/// Item 15: runs that learn a key at once under `accept-new` record it
+/// once, as whole lines, in a file of mode 0600 (created with its folder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_new_from_parallel_runs_records_the_key_once_in_a_private_file() {
+    let sshd = Sshd::start();
+    let kh = sshd.subdir("learn").join("state").join("known_hosts");
+    let conns = futures::future::join_all((0..6).map(|_| {
+        let mut tg = target(&sshd);
+        tg.known_hosts = vec![kh.clone()];
+        tg.host_key_policy = HostKeyPolicy::AcceptNew;
+        SshTransport::connect(tg)
+    }))
+    .await;
+    for c in conns {
+        let t = c.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+        assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&kh).unwrap(),
+        format!("{}\n", sshd.known_hosts_line())
+    );
+    assert_eq!(mode(&kh), 0o600);
+    // A later learner keeps the file private.
+    let other = sshd.subdir("learn2").join("known_hosts");
+    std::fs::write(&other, "other ssh-ed25519 AAAA\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![other.clone()];
+    tg.host_key_policy = HostKeyPolicy::AcceptNew;
+    SshTransport::connect(tg).await.unwrap();
+    assert_eq!(mode(&other), 0o600);
+    assert!(std::fs::read_to_string(&other)
+        .unwrap()
+        .ends_with(&format!("\n{}\n", sshd.known_hosts_line())));
+}
+
+/// Item 15: a host with ed25519 and ecdsa keys, of which known_hosts holds
+/// only the ecdsa one, is reached under strict checking (the recorded type
+/// is preferred in the key exchange, as OpenSSH does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_key_type_that_known_hosts_records_is_preferred() {
+    let keys = tempfile::tempdir().unwrap();
+    let ecdsa = keys.path().join("host_ecdsa");
+    support::sshd::keygen(&ecdsa, "ecdsa", "");
+    let sshd = Sshd::start_with(&format!("HostKey {}", ecdsa.display()));
+    let kh = sshd.subdir("ecdsa-only").join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            sshd.port,
+            pub_line(&ecdsa.with_extension("pub"))
+        ),
+    )
+    .unwrap();
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![kh];
+    let t = SshTransport::connect(tg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert!(t.exec(Exec::new("true")).await.unwrap().success());
+    // With nothing recorded for it the usual order holds: the ed25519 key.
+    let mut tg = target(&sshd);
+    tg.known_hosts = vec![];
+    let err = SshTransport::connect(tg).await.unwrap_err();
+    assert!(err.to_string().contains("(ssh-ed25519 "), "{err}");
+}
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks since boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+/// A lock as another run would have left it on the host (this machine,
+/// reached through the test sshd).
+fn plant_lock(project: &str, info: Option<&str>) {
+    let dir = Path::new("/var/lib/provision").join(project).join("lock");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(info) = info {
+        std::fs::write(dir.join("info"), format!("{info}\n")).unwrap();
+    }
+}
+
+/// Item 16: a lock names its holder by machine id, boot id and start time;
+/// only a holder of this machine that is provably gone is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_is_known_by_machine_boot_and_start_time() {
+    use provision::host_lock::{self, RunId, TakeError};
+    use std::os::unix::process::CommandExt;
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let project = format!("locktest-{}-{}", std::process::id(), rand::random::<u32>());
+    let me = RunId::current();
+    let machine = read_trimmed("/etc/machine-id");
+    let boot = read_trimmed("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let ns = ns.to_string_lossy();
+    let ns = ns.trim_start_matches("pid:[").trim_end_matches(']');
+    let info = me.lock_info();
+    assert!(
+        info.contains(&machine) && info.contains(&boot),
+        "the lock names machine and boot: {info}"
+    );
+    assert!(
+        info.contains(&format!("started {}", start_ticks(std::process::id()))),
+        "{info}"
+    );
+
+    // A live process whose command line says provision, as a run's does.
+    let mut live = std::process::Command::new("sleep")
+        .arg0("provision")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let (pid, started) = (live.id(), start_ticks(live.id()));
+    let owner = &me.owner;
+    let other_machine = "0123456789abcdef0123456789abcdef";
+    let other_boot = "00000000-1111-2222-3333-444444444444";
+    let cases = [
+        (
+            format!("{owner} (pid 4194304999, started 5, boot {boot}, machine {other_machine}, ns {ns}, run a1): provision up"),
+            false,
+            "a run on another machine with this hostname (its pid is not ours to look at)",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {}, boot {boot}, machine {machine}, ns {ns}, run b2): provision up", started + 7),
+            true,
+            "a gone run whose pid another process uses now",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {started}, boot {other_boot}, machine {machine}, ns {ns}, run c3): provision up"),
+            true,
+            "a run of this machine before its last reboot",
+        ),
+        (
+            format!("{owner} (pid {pid}, started {started}, boot {boot}, machine {machine}, ns {ns}, run d4): provision up"),
+            false,
+            "a live run of this machine",
+        ),
+    ];
+    for (holder, stale, what) in &cases {
+        plant_lock(
+            &project,
+            Some(&format!("{holder} since 2025-01-01T00:00:00Z")),
+        );
+        let r = host_lock::try_take(&t, &project, &me, false).await;
+        if *stale {
+            let said = match r {
+                Ok(Some(said)) => said,
+                other => panic!("{what}: stale, yet {other:?}"),
+            };
+            assert!(said.contains("that run is gone"), "{what}: {said}");
+            host_lock::release(&t, &project, &me).await.unwrap();
+        } else {
+            assert!(
+                matches!(r, Err(TakeError::Held { .. })),
+                "{what}: not stale, yet {r:?}"
+            );
+        }
+    }
+    let _ = live.kill();
+    let _ = live.wait();
+
+    // --break-lock says what it removed: holder, since when, command.
+    plant_lock(
+        &project,
+        Some(
+            "someone@elsewhere (pid 77, run ab): provision up --only db since 2025-01-01T00:00:00Z",
+        ),
+    );
+    let said = host_lock::try_take(&t, &project, &me, true)
+        .await
+        .unwrap()
+        .expect("a broken lock is reported");
+    assert_eq!(
+        said,
+        "someone@elsewhere (pid 77), running `provision up --only db` since 2025-01-01T00:00:00Z"
+    );
+    host_lock::release(&t, &project, &me).await.unwrap();
+    plant_lock(&project, None);
+    let said = host_lock::try_take(&t, &project, &me, true)
+        .await
+        .unwrap()
+        .expect("a broken lock is reported");
+    assert!(said.contains("no holder information"), "{said}");
+    host_lock::release(&t, &project, &me).await.unwrap();
+    std::fs::remove_dir_all(Path::new("/var/lib/provision").join(&project)).unwrap();
+}
+
+/// Item 17: a login shell whose rc file prints `1` before the process-group
+/// line: a timed-out command is still stopped by its own group, and no
+/// other process of the user is signalled (today's `kill -TERM -1`).
+/// The user is not root and has no sudo here, so even a wrong kill reaches
+/// only that user's processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_shell_that_prints_1_first_never_turns_a_timeout_into_kill_minus_1() {
+    let sshd = Sshd::start();
+    let user = "provtest_chatty";
+    support::sshd::ensure_user_with_shell(user, SudoRule::NoPassword, "/bin/bash");
+    let home = PathBuf::from(format!("/home/{user}"));
+    std::fs::write(home.join(".bashrc"), "echo 1\n").unwrap();
+    sshd.authorize(user, &sshd.client_key.with_extension("pub"));
+    // Another process of that user, in no group of a command of ours.
+    let mut bystander = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--clear-groups",
+            "sleep",
+            "120",
+        ])
+        .spawn()
+        .unwrap();
+    let mut tg = target(&sshd);
+    tg.user = user.into();
+    tg.sudo = false;
+    let t = SshTransport::connect(tg).await.unwrap();
+    let err = t
+        .exec(Exec::new("sleep 989").timeout(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err:?}");
+    wait_gone(&sshd, "sleep 989").await;
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(alive, "a process outside the command's group was killed");
+    // The rc's `1` does come first: it goes to stderr, and neither it nor
+    // the group line reaches the command's stdout.
+    let out = t.exec(Exec::new("echo still")).await.unwrap();
+    assert_eq!(out.stdout_str(), "still\n");
+    assert_eq!(out.stderr_str(), "1\n");
+}
+
+/// Item 17: a Docker API socket that accepts and never answers fails the
+/// call within its deadline, naming the host and the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_api_socket_that_never_answers_fails_within_its_deadline() {
+    let sshd = Sshd::start();
+    let t = connect(&sshd).await;
+    let sock = sshd.subdir("hung-docker").join("docker.sock");
+    let _never_accepts = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(40),
+        provision::docker_api::get_at(&t, &sock.display().to_string(), "/version"),
+    )
+    .await
+    .expect("a hung Docker API socket hung the call");
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("testhost")
+            && err.contains("GET /version")
+            && err.contains("no answer within"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -101,13 +101,18 @@ pub struct Host {
     /// The address the other hosts reach this one at (a private network);
     /// wiring and the published ports they use go there. `None`: `address`.
     pub private_address: Option<String>,
-    pub port: u16,
-    pub user: String,
+    /// `None`: not in hosts.toml; `~/.ssh/config` for the address may say
+    /// (else 22). [`crate::run::login`] decides.
+    pub port: Option<u16>,
+    /// `None`: not in hosts.toml; `~/.ssh/config` may say (else root).
+    pub user: Option<String>,
     pub identity: Option<PathBuf>,
     /// Environment variable holding the identity's passphrase.
     pub passphrase_env: Option<String>,
     pub host_key: HostKeyPolicy,
-    pub sudo: bool,
+    /// `None`: sudo unless the user logged in as (from hosts.toml or
+    /// `~/.ssh/config`) is root.
+    pub sudo: Option<bool>,
     pub docker: DockerSource,
     /// Set when provision creates this host as a local playground machine.
     pub machine: Option<LocalMachine>,

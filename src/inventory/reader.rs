@@ -511,20 +511,22 @@ impl<'s> Reader<'s> {
                 );
             }
         }
-        let port = self.port(t, "port", path).unwrap_or(22);
-        let user = self
-            .nonempty_string(t, "user", path)
-            .unwrap_or_else(|| "root".into());
-        if !user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            let p = join(path, "user");
-            self.c.error(
-                self.spans[&p].clone(),
-                p,
-                format!("invalid user name `{user}`"),
-            );
+        // Left unset, port and user come from ~/.ssh/config when connecting
+        // (as for `ssh ADDRESS`), else 22 and root: see `run::login`.
+        let port = self.port(t, "port", path);
+        let user = self.nonempty_string(t, "user", path);
+        if let Some(user) = &user {
+            if !user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                let p = join(path, "user");
+                self.c.error(
+                    self.spans[&p].clone(),
+                    p,
+                    format!("invalid user name `{user}`"),
+                );
+            }
         }
         let identity = self.nonempty_string(t, "identity", path).map(Into::into);
         let passphrase_env = self.string(t, "passphrase_env", path);
@@ -548,7 +550,7 @@ impl<'s> Reader<'s> {
                 HostKeyPolicy::Strict
             }
         };
-        let sudo = self.boolean(t, "sudo", path).unwrap_or(user != "root");
+        let sudo = self.boolean(t, "sudo", path);
         let docker = match self.string(t, "docker", path).as_deref() {
             None | Some("distro") => DockerSource::Distro,
             Some("upstream") => DockerSource::Upstream,
@@ -990,12 +992,13 @@ fn cross_checks(inv: &Inventory, c: &mut Collector) {
     // Two hosts on one address and port are one host under two names.
     let mut seen: HashMap<(String, u16), &str> = HashMap::new();
     for h in &inv.hosts {
-        if let Some(other) = seen.insert((h.address.clone(), h.port), &h.name) {
+        let port = h.port.unwrap_or(22);
+        if let Some(other) = seen.insert((h.address.clone(), port), &h.name) {
             let p = format!("hosts.{}.address", h.name);
             c.error(
                 inv.span(&p),
                 p,
-                format!("host `{other}` already uses {}:{}", h.address, h.port),
+                format!("host `{other}` already uses {}:{port}", h.address),
             );
         }
     }

@@ -84,6 +84,20 @@ pub enum TransportError {
         line: usize,
     },
 
+    #[error(
+        "{host}: the host key of {addr} ({algorithm} {fingerprint}) is marked @revoked in {}:{line}; \
+         refusing to connect. Ask the host's owner for its new key.",
+        file.display()
+    )]
+    HostKeyRevoked {
+        host: String,
+        addr: String,
+        algorithm: String,
+        fingerprint: String,
+        file: PathBuf,
+        line: usize,
+    },
+
     #[error("{host}: known_hosts file {}: {message}", file.display())]
     KnownHosts {
         host: String,

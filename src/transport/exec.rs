@@ -46,7 +46,10 @@ pub struct Exec {
     pub stdout_sink: Option<Box<dyn AsyncWrite + Send + Unpin>>,
     /// Keep stdout and stderr in [`ExecOutput`] (default true).
     pub capture: bool,
-    /// Fail with [`crate::transport::TransportError::Timeout`] after this long.
+    /// Fail with [`crate::transport::TransportError::Timeout`] after this
+    /// long (the command is stopped on the host). [`Exec::new`] sets
+    /// [`Exec::DEFAULT_TIMEOUT`], so a command whose caller sets no
+    /// deadline of its own still ends: a hung host never hangs a run.
     pub timeout: Option<Duration>,
     /// Safe to run twice: after a dropped connection it is retried once on
     /// a new connection (only when its stdin can be replayed and nothing was
@@ -55,6 +58,11 @@ pub struct Exec {
 }
 
 impl Exec {
+    /// The deadline of a command that sets none: longer than any step
+    /// (the longest, a build, has 60 min of its own) and an upload or
+    /// `docker load` of a large image over a slow link.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+
     pub fn new(line: impl Into<String>) -> Self {
         Exec {
             line: line.into(),
@@ -62,7 +70,7 @@ impl Exec {
             on_line: None,
             stdout_sink: None,
             capture: true,
-            timeout: None,
+            timeout: Some(Self::DEFAULT_TIMEOUT),
             idempotent: false,
         }
     }
@@ -254,6 +262,13 @@ impl OutputCollector {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn every_command_has_a_deadline_unless_given_its_own() {
+        assert!(Exec::new("true").timeout.is_some());
+        let own = Exec::new("true").timeout(Duration::from_secs(3));
+        assert_eq!(own.timeout, Some(Duration::from_secs(3)));
+    }
 
     #[test]
     fn splitter_joins_chunks_and_flushes_the_last_line() {

@@ -353,6 +353,12 @@ static USERS: Mutex<()> = Mutex::new(());
 /// Creates a local user (idempotent, no password, shell /bin/sh) and its
 /// sudo rule in `/etc/sudoers.d/provision-test-<user>`. Needs root and sudo.
 pub fn ensure_user(name: &str, rule: SudoRule) {
+    ensure_user_with_shell(name, rule, "/bin/sh")
+}
+
+/// [`ensure_user`] with another login shell (e.g. `/bin/bash`, whose
+/// `~/.bashrc` Debian's bash reads also for `ssh host command`).
+pub fn ensure_user_with_shell(name: &str, rule: SudoRule, shell: &str) {
     let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
         Path::new("/usr/bin/sudo").exists(),
@@ -373,7 +379,7 @@ pub fn ensure_user(name: &str, rule: SudoRule) {
             // Password "*": no password, yet not "locked" (sshd without PAM
             // refuses locked accounts, even for keys).
             let out = Command::new("useradd")
-                .args(["-m", "-s", "/bin/sh", "-p", "*", name])
+                .args(["-m", "-s", shell, "-p", "*", name])
                 .output()
                 .expect("run useradd");
             if out.status.success() || out.status.code() == Some(9) {

@@ -31,6 +31,41 @@ pub(crate) struct Resolved {
     pub jumps: Vec<String>,
 }
 
+/// What the config's Host blocks matching `address` say about the user and
+/// the port (`None` where they say nothing, or the file is missing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Login {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// [`Login`] for `address` from `config_file`.
+pub(crate) fn login(config_file: &Path, address: &str) -> Result<Login, String> {
+    Ok(match read(config_file)? {
+        Some(config) => {
+            let params = config.query(address);
+            Login {
+                user: params.user,
+                port: params.port,
+            }
+        }
+        None => Login::default(),
+    })
+}
+
+fn read(config_file: &Path) -> Result<Option<SshConfig>, String> {
+    match std::fs::File::open(config_file) {
+        Ok(f) => SshConfig::default()
+            .parse(
+                &mut BufReader::new(f),
+                ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+            )
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", config_file.display())),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Applies `config_file` (if it exists) to the explicit values.
 pub(crate) fn resolve(
     config_file: &Path,
@@ -39,17 +74,7 @@ pub(crate) fn resolve(
     user: &str,
     identity: Option<&Path>,
 ) -> Result<Resolved, String> {
-    let config = match std::fs::File::open(config_file) {
-        Ok(f) => Some(
-            SshConfig::default()
-                .parse(
-                    &mut BufReader::new(f),
-                    ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
-                )
-                .map_err(|e| format!("{}: {e}", config_file.display()))?,
-        ),
-        Err(_) => None,
-    };
+    let config = read(config_file)?;
     let mut r = Resolved {
         address: address.to_string(),
         port,
@@ -144,6 +169,26 @@ mod tests {
             ("db", 22, "nobody")
         );
         assert!(r.jumps.is_empty());
+    }
+
+    #[test]
+    fn login_says_only_what_the_file_says() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("config");
+        std::fs::write(&cfg, "Host web\n  Port 2222\n\nHost db\n  User deploy\n").unwrap();
+        assert_eq!(
+            login(&cfg, "web").unwrap(),
+            Login {
+                user: None,
+                port: Some(2222)
+            }
+        );
+        assert_eq!(login(&cfg, "db").unwrap().user.as_deref(), Some("deploy"));
+        assert_eq!(login(&cfg, "other").unwrap(), Login::default());
+        assert_eq!(
+            login(Path::new("/nonexistent/config"), "web").unwrap(),
+            Login::default()
+        );
     }
 
     #[test]

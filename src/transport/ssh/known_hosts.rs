@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use data_encoding::BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::PublicKey;
+use russh::keys::Algorithm;
 use sha1::Sha1;
 
 /// How a host's key compares with the recorded ones.
@@ -24,9 +25,12 @@ pub(crate) enum Verdict {
     Known,
     /// No key of this type is recorded for this host.
     Unknown,
-    /// A key of the same type is recorded for this host and differs (or the
-    /// key is marked `@revoked`): `line` is 1-based.
+    /// A key of the same type is recorded for this host and differs, and
+    /// none matches: `line` is 1-based.
     Changed { file: PathBuf, line: usize },
+    /// The key is marked `@revoked` in one of the files (whatever the
+    /// others record): `line` is 1-based.
+    Revoked { file: PathBuf, line: usize },
 }
 
 /// The name a host is recorded under: `host` on port 22, else `[host]:port`.
@@ -39,7 +43,9 @@ pub(crate) fn known_as(host: &str, port: u16) -> String {
 }
 
 /// Checks `key` for `host:port` against every file (missing files are
-/// empty). An I/O error names the file.
+/// empty). Every file is read before a verdict: `@revoked` in any of them
+/// refuses the key even where another records it as a normal entry. An
+/// I/O error names the file.
 pub(crate) fn check(
     files: &[PathBuf],
     host: &str,
@@ -47,6 +53,7 @@ pub(crate) fn check(
     key: &PublicKey,
 ) -> Result<Verdict, (PathBuf, io::Error)> {
     let name = known_as(host, port);
+    let mut known = false;
     let mut changed = None;
     for file in files {
         let text = match std::fs::read_to_string(file) {
@@ -67,13 +74,13 @@ pub(crate) fn check(
             let same_key = recorded.key_data() == key.key_data();
             match entry.marker {
                 Some("@revoked") if same_key => {
-                    return Ok(Verdict::Changed {
+                    return Ok(Verdict::Revoked {
                         file: file.clone(),
                         line: idx + 1,
                     })
                 }
-                Some(_) => continue,
-                None if same_key => return Ok(Verdict::Known),
+                Some(_) => {}
+                None if same_key => known = true,
                 None if recorded.algorithm() == key.algorithm() && changed.is_none() => {
                     changed = Some(Verdict::Changed {
                         file: file.clone(),
@@ -84,15 +91,86 @@ pub(crate) fn check(
             }
         }
     }
+    if known {
+        return Ok(Verdict::Known);
+    }
     Ok(changed.unwrap_or(Verdict::Unknown))
 }
 
-/// Appends `key` for `host:port` to `file` (creating it and its folder).
-pub(crate) fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> io::Result<()> {
-    if let Some(dir) = file.parent() {
-        crate::private::create_dir(dir)?;
+/// The key algorithms recorded (not revoked) for `host:port`, in file
+/// order, without repeats. Unreadable files and lines record nothing.
+pub(crate) fn recorded_algorithms(files: &[PathBuf], host: &str, port: u16) -> Vec<Algorithm> {
+    let name = known_as(host, port);
+    let mut out: Vec<Algorithm> = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for raw in text.lines() {
+            let Some(entry) = parse_line(raw) else {
+                continue;
+            };
+            if entry.marker.is_some() || !host_matches(&name, entry.hosts) {
+                continue;
+            }
+            if let Ok(k) = russh::keys::parse_public_key_base64(entry.key_b64) {
+                if !out.contains(&k.algorithm()) {
+                    out.push(k.algorithm());
+                }
+            }
+        }
     }
-    let existing = std::fs::read(file).unwrap_or_default();
+    out
+}
+
+/// `default` (the client's host-key algorithms, best first) with those
+/// that known_hosts records for the host moved to the front, each group in
+/// its own order, as OpenSSH does: a host with an ed25519 and an ecdsa key,
+/// of which only the ecdsa one is recorded, then shows the ecdsa one. An
+/// RSA record stands for every RSA signature algorithm.
+pub(crate) fn prefer_recorded(default: &[Algorithm], recorded: &[Algorithm]) -> Vec<Algorithm> {
+    let is_recorded = |a: &Algorithm| {
+        recorded
+            .iter()
+            .any(|r| r == a || (r.clone().is_rsa() && a.clone().is_rsa()))
+    };
+    let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) =
+        default.iter().cloned().partition(is_recorded);
+    first.extend(rest);
+    first
+}
+
+/// Records `key` for `host:port` in `file`, creating the file (mode 0600)
+/// and its folders (0700). Safe against other runs learning keys at the
+/// same moment: under an exclusive `flock` the file is read again (a key
+/// another run recorded meanwhile is not added twice) and the whole line
+/// goes out in one `O_APPEND` write, so lines never interleave. An existing
+/// file keeps its mode.
+pub(crate) fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> io::Result<()> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    if let Some(dir) = file.parent() {
+        if !dir.as_os_str().is_empty() {
+            crate::private::create_dir(dir)?;
+        }
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)?;
+    // SAFETY: flock on an fd we own; the lock ends when `f` is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut existing = Vec::new();
+    f.seek(io::SeekFrom::Start(0))?;
+    f.read_to_end(&mut existing)?;
+    if let Ok(Verdict::Known) = check(&[file.to_path_buf()], host, port, key) {
+        return Ok(());
+    }
     let mut line = String::new();
     if !existing.is_empty() && existing.last() != Some(&b'\n') {
         line.push('\n');
@@ -103,10 +181,8 @@ pub(crate) fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> io::
         .to_openssh()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     line.push_str(&format!("{} {}\n", known_as(host, port), encoded.trim()));
-    // 0600: which hosts this computer talks to, and their keys, are
-    // nobody else's business.
-    let mut f = crate::private::append_file(file)?;
-    f.write_all(line.as_bytes())
+    f.write_all(line.as_bytes())?;
+    f.sync_data()
 }
 
 /// Whether `file` can take a new line (exists and writable, or creatable).
@@ -307,7 +383,86 @@ mod tests {
         let (_d, p) = file(&format!("@revoked * ssh-ed25519 {K1}\n"));
         assert!(matches!(
             check(&[p], "any", 22, &key(K1)).unwrap(),
-            Verdict::Changed { line: 1, .. }
+            Verdict::Revoked { line: 1, .. }
         ));
+    }
+
+    #[test]
+    fn recorded_algorithms_come_first_in_their_default_order() {
+        let ecdsa = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEQ2BQwsxLCMi9DhnwFxis25GbU09TVcUo2TW3+ipPm4bhj5vOHBqa2W/aJOaZ+GN3DEUQiZawSuHmB/c5Cwa6U=";
+        let (_d, p) = file(&format!(
+            "h ecdsa-sha2-nistp256 {ecdsa}\n@revoked h ssh-ed25519 {K1}\nother ssh-ed25519 {K2}\n"
+        ));
+        let recorded = recorded_algorithms(&[p], "h", 22);
+        assert_eq!(
+            recorded,
+            vec![Algorithm::Ecdsa {
+                curve: russh::keys::EcdsaCurve::NistP256
+            }]
+        );
+        let default = russh::Preferred::DEFAULT.key.to_vec();
+        let order = prefer_recorded(&default, &recorded);
+        assert_eq!(order[0], recorded[0]);
+        assert_eq!(order[1], Algorithm::Ed25519);
+        assert_eq!(order.len(), default.len());
+        // An ssh-rsa record brings every RSA signature algorithm forward.
+        let rsa = prefer_recorded(&default, &[Algorithm::Rsa { hash: None }]);
+        assert!(rsa[..3].iter().all(|a| a.clone().is_rsa()), "{rsa:?}");
+        assert_eq!(prefer_recorded(&default, &[]), default);
+    }
+
+    #[test]
+    fn revoked_in_a_later_file_beats_a_normal_entry_in_an_earlier_one() {
+        let (_d1, project) = file(&format!("h ssh-ed25519 {K1}\n"));
+        let (_d2, user) = file(&format!("# x\n@revoked h ssh-ed25519 {K1}\n"));
+        let v = check(&[project, user.clone()], "h", 22, &key(K1)).unwrap();
+        assert!(
+            matches!(v, Verdict::Revoked { ref file, line: 2 } if *file == user),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn parallel_learners_record_each_key_once_as_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub").join("known_hosts");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (p, barrier) = (p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // Eight learn K1 for one host, eight K2 for hosts of their own.
+                    if i % 2 == 0 {
+                        learn(&p, "same", 2222, &key(K1)).unwrap();
+                    } else {
+                        learn(&p, &format!("h{i}"), 22, &key(K2)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 9, "{text}");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| **l == format!("[same]:2222 ssh-ed25519 {K1}"))
+                .count(),
+            1,
+            "{text}"
+        );
+        for i in (1..16).step_by(2) {
+            assert!(
+                lines.contains(&format!("h{i} ssh-ed25519 {K2}").as_str()),
+                "{text}"
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

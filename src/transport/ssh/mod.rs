@@ -12,9 +12,13 @@
 //! Stopping a command (timeout, cancelled caller): OpenSSH refuses "signal"
 //! channel requests, and closing the channel leaves the command running
 //! with its session counted against `MaxSessions`. So every line is sent as
-//! `echo $$; exec sh -c LINE` (see [`remote_line`]): the first output line
-//! (stripped) is the process group, and a stop runs `kill -TERM -PGID`
-//! (SIGKILL 5 s later) on a second channel, then closes the channel.
+//! `echo provision-pgid:$$; exec sh -c LINE` (see [`remote_line`]): that
+//! line (stripped, validated: see [`Pgid`]) names the process group, and a
+//! stop runs `kill -TERM -PGID` (SIGKILL 5 s later) on a second channel,
+//! then closes the channel. What a login shell's rc file prints before it
+//! goes to stderr, never to the command's stdout (a tar stream stays
+//! whole), and is never taken for the group: a `1` from a `.bashrc` must not
+//! become `kill -1`.
 //!
 //! Not supported: password and keyboard-interactive auth, host and user
 //! certificates, `ProxyCommand`, agent forwarding, non-POSIX login shells
@@ -26,7 +30,7 @@ mod known_hosts;
 mod stream;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -123,12 +127,24 @@ impl SshTarget {
     }
 
     fn ssh_dir(&self) -> PathBuf {
-        self.ssh_dir.clone().unwrap_or_else(|| {
-            dirs::home_dir()
-                .unwrap_or_else(|| PathBuf::from("/root"))
-                .join(".ssh")
-        })
+        self.ssh_dir.clone().unwrap_or_else(user_ssh_dir)
     }
+}
+
+/// `~/.ssh` of the user running provision.
+pub fn user_ssh_dir() -> PathBuf {
+    dirs::home_dir()
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".ssh")
+}
+
+/// The user and port `~/.ssh/config` (in `ssh_dir`, `None`: the user's)
+/// gives for `address`, each `None` where it says nothing. A file that
+/// cannot be parsed says nothing here; connecting reports it.
+pub fn ssh_config_login(ssh_dir: Option<&Path>, address: &str) -> (Option<String>, Option<u16>) {
+    let dir = ssh_dir.map(Path::to_path_buf).unwrap_or_else(user_ssh_dir);
+    let login = config::login(&dir.join("config"), address).unwrap_or_default();
+    (login.user, login.port)
 }
 
 /// A connection to one host. Cheap to clone: clones share the connection.
@@ -236,7 +252,11 @@ impl SshTransport {
             Some(p) => p,
             None => self.slot().await,
         };
-        let first = run_once(conn.clone(), line, sudo, req, permit).await;
+        let who = Who {
+            host: host.clone(),
+            command: label.to_string(),
+        };
+        let first = run_once(conn.clone(), line, sudo, &who, req, permit).await;
         let retry = match &first {
             Err(Failure::Lost { started: false, .. }) => true,
             Err(Failure::Lost {
@@ -248,7 +268,7 @@ impl SshTransport {
         let result = if retry {
             let conn = self.reconnect(&conn).await?;
             let permit = self.slot().await;
-            run_once(conn, line, sudo, req, permit).await
+            run_once(conn, line, sudo, &who, req, permit).await
         } else {
             first
         };
@@ -351,28 +371,65 @@ enum Failure {
     SudoPassword,
 }
 
+/// Starts the line that [`remote_line`] prints before the command's output.
+const PGID_MARK: &[u8] = b"provision-pgid:";
+
+/// Output a login shell may print before [`PGID_MARK`] (rc files, banners)
+/// that is held back while looking for it; past this, the group is unknown.
+const MAX_PRELUDE: usize = 64 * 1024;
+
 /// The line sent to the host. It first prints the pid of the login shell
-/// (sshd makes it a session and process group leader), then execs the line
-/// under `sh -c` (through `sudo -n` when asked). The client strips that first
-/// line; it is how a timed-out command is stopped: OpenSSH refuses "signal"
+/// (sshd makes it a session and process group leader) after [`PGID_MARK`],
+/// then execs the line under `sh -c` (through `sudo -n` when asked), so the
+/// command keeps that pid and group. The client strips that first line; it
+/// is how a timed-out command is stopped: OpenSSH refuses "signal"
 /// requests, and a closed channel alone leaves the command running and its
 /// session counted against MaxSessions.
 ///
 /// Needs a POSIX-like login shell on the host (sh, bash, dash, zsh, ksh).
 pub fn remote_line(line: &str, sudo: bool) -> String {
     let sudo = if sudo { "sudo -n " } else { "" };
-    format!("echo $$; exec {sudo}sh -c {}", crate::commands::quote(line))
+    format!(
+        "echo {}$$; exec {sudo}sh -c {}",
+        String::from_utf8_lossy(PGID_MARK),
+        crate::commands::quote(line)
+    )
+}
+
+/// A process group that may be signalled: a pid above 1, so never `-1`
+/// (every process the user may signal) nor `-0` (the killer's own group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pgid(u32);
+
+impl Pgid {
+    /// Only ASCII digits, no sign, no leading zero, 2..=i32::MAX.
+    fn parse(text: &[u8]) -> Option<Pgid> {
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() || text[0] == b'0' || !text.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u32 = std::str::from_utf8(text).ok()?.parse().ok()?;
+        (n > 1 && n <= i32::MAX as u32).then_some(Pgid(n))
+    }
 }
 
 /// The line that stops the process group `pgid`: SIGTERM, then SIGKILL 5 s
 /// later if it is still there (in the background, detached from the channel).
 /// No `--`: dash's kill rejects it; `kill -SIG -PGID` works in dash and bash.
-fn kill_line(pgid: u32) -> String {
+fn kill_line(pgid: Pgid) -> String {
+    let pgid = pgid.0;
     format!(
         "kill -TERM -{pgid} 2>/dev/null; \
          (sleep 5; kill -0 -{pgid} 2>/dev/null && kill -KILL -{pgid}) \
          </dev/null >/dev/null 2>&1 &"
     )
+}
+
+/// The host and command a channel runs, for messages.
+#[derive(Debug, Clone)]
+struct Who {
+    host: String,
+    command: String,
 }
 
 /// Closes the channel on every path, including when the run is dropped by
@@ -385,9 +442,10 @@ struct ChannelGuard {
     /// Taken by the cleanup task on drop, to wait for the pid line.
     read: Option<ChannelReadHalf>,
     pid_line: PidLine,
-    /// The remote process group, once its first output line arrived.
-    pgid: Option<u32>,
+    /// The remote process group, once its line arrived (and was valid).
+    pgid: Option<Pgid>,
     sudo: bool,
+    who: Who,
     done: bool,
     /// Released when the session is really gone.
     permit: Option<OwnedSemaphorePermit>,
@@ -406,29 +464,43 @@ impl Drop for ChannelGuard {
         }
         let (w, conn, mut pgid, sudo) =
             (self.write.clone(), self.conn.clone(), self.pgid, self.sudo);
+        let who = self.who.clone();
         let mut read = self.read.take();
-        let mut pid_line = std::mem::replace(&mut self.pid_line, PidLine::Done);
+        let mut pid_line = std::mem::replace(&mut self.pid_line, PidLine::Found);
         let permit = self.permit.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 // Stopped before its pid line came (a short timeout on a busy
                 // host): keep reading for it, or for the command's end.
+                let mut ended = false;
                 if let (None, Some(read)) = (pgid, read.as_mut()) {
                     let _ = tokio::time::timeout(PID_LINE_WAIT, async {
-                        while let Some(msg) = read.wait().await {
-                            match msg {
-                                ChannelMsg::Data { data } => {
-                                    if let (Some(p), _) = pid_line.feed(&data) {
+                        while pid_line.waiting() {
+                            match read.wait().await {
+                                Some(ChannelMsg::Data { data }) => {
+                                    if let Some(p) = pid_line.feed(&data).pgid {
                                         pgid = Some(p);
-                                        return;
                                     }
                                 }
-                                ChannelMsg::Close => return,
-                                _ => {}
+                                Some(ChannelMsg::Close) | None => {
+                                    ended = true;
+                                    return;
+                                }
+                                Some(_) => {}
                             }
                         }
                     })
                     .await;
+                }
+                // Nothing to kill, and the command may still run: say so
+                // (not when it ended, or the connection is gone with it).
+                if pgid.is_none() && !ended && !conn.handle.is_closed() {
+                    eprintln!(
+                        "warning: {}: `{}` was stopped, but it may still run on the host: {}",
+                        who.host,
+                        who.command,
+                        pid_line.why_unknown()
+                    );
                 }
                 if let Some(pgid) = pgid {
                     let _kill_slot = KILL_SLOTS.acquire().await;
@@ -480,42 +552,104 @@ impl Drop for ChannelGuard {
 /// Reads the pid line that [`remote_line`] prints before the command's
 /// own output.
 enum PidLine {
+    /// Not seen yet; what came so far (a login shell may print first).
     Reading(Vec<u8>),
-    Done,
+    /// Seen, with a valid group.
+    Found,
+    /// Seen, but what it says is not a group that may be signalled.
+    Invalid(String),
+    /// Not within the first [`MAX_PRELUDE`] bytes: given up.
+    Missing,
+}
+
+/// What one chunk of stdout held.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Fed {
+    /// The group, when its line completed in this chunk and was valid.
+    pgid: Option<Pgid>,
+    /// What the login shell printed before the line (not the command's).
+    prelude: Vec<u8>,
+    /// The command's own stdout.
+    stdout: Vec<u8>,
 }
 
 impl PidLine {
-    /// Feeds stdout bytes; returns the pid when the line completes and the
-    /// bytes that belong to the command.
-    fn feed(&mut self, data: &[u8]) -> (Option<u32>, Vec<u8>) {
-        let PidLine::Reading(buf) = self else {
-            return (None, data.to_vec());
-        };
-        buf.extend_from_slice(data);
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() > 32 {
-                let rest = std::mem::take(buf);
-                *self = PidLine::Done;
-                return (None, rest);
-            }
-            return (None, Vec::new());
-        };
-        let pid = std::str::from_utf8(&buf[..nl])
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let rest = match pid {
-            Some(_) => buf[nl + 1..].to_vec(),
-            None => std::mem::take(buf), // not our line: a chatty shell rc file
-        };
-        *self = PidLine::Done;
-        (pid, rest)
+    fn waiting(&self) -> bool {
+        matches!(self, PidLine::Reading(_))
     }
 
-    /// Bytes still held at the end of the output (no newline came).
+    /// Feeds stdout bytes. Our line is the first the wrapper prints, so
+    /// anything before it came from the login shell (an rc file, a banner).
+    fn feed(&mut self, data: &[u8]) -> Fed {
+        let PidLine::Reading(buf) = self else {
+            return Fed {
+                stdout: data.to_vec(),
+                ..Fed::default()
+            };
+        };
+        buf.extend_from_slice(data);
+        let start = buf.windows(PGID_MARK.len()).position(|w| w == PGID_MARK);
+        let line = start.and_then(|start| {
+            let value = start + PGID_MARK.len();
+            let nl = buf[value..].iter().position(|&b| b == b'\n')?;
+            Some((start, value, value + nl))
+        });
+        let Some((start, value, nl)) = line else {
+            if buf.len() > MAX_PRELUDE {
+                let all = std::mem::take(buf);
+                *self = PidLine::Missing;
+                return Fed {
+                    stdout: all,
+                    ..Fed::default()
+                };
+            }
+            return Fed::default();
+        };
+        let pgid = Pgid::parse(&buf[value..nl]);
+        let fed = Fed {
+            pgid,
+            prelude: buf[..start].to_vec(),
+            stdout: buf[nl + 1..].to_vec(),
+        };
+        *self = match pgid {
+            Some(_) => PidLine::Found,
+            None => PidLine::Invalid(
+                String::from_utf8_lossy(&buf[value..nl])
+                    .chars()
+                    .take(40)
+                    .collect(),
+            ),
+        };
+        fed
+    }
+
+    /// Bytes still held at the end of the output (no pid line came).
     fn leftover(&mut self) -> Vec<u8> {
-        match std::mem::replace(self, PidLine::Done) {
+        match std::mem::replace(self, PidLine::Missing) {
             PidLine::Reading(b) => b,
-            PidLine::Done => Vec::new(),
+            other => {
+                *self = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Why the group is not known, for the warning of a stop that cannot
+    /// kill anything.
+    fn why_unknown(&self) -> String {
+        match self {
+            PidLine::Reading(_) => format!(
+                "its process-group line did not come within {} s",
+                PID_LINE_WAIT.as_secs()
+            ),
+            PidLine::Found => "its process group is unknown".into(),
+            PidLine::Invalid(v) => format!(
+                "its process-group line said {v:?}, which is not a process group that may be signalled"
+            ),
+            PidLine::Missing => format!(
+                "no process-group line came in the first {} KiB of output (does the login shell print that much?)",
+                MAX_PRELUDE / 1024
+            ),
         }
     }
 }
@@ -559,6 +693,7 @@ async fn run_once(
     conn: Arc<Conn>,
     line: &str,
     sudo: bool,
+    who: &Who,
     req: &mut Exec,
     permit: OwnedSemaphorePermit,
 ) -> Result<ExecOutput, Failure> {
@@ -581,6 +716,7 @@ async fn run_once(
         pid_line: PidLine::Reading(Vec::new()),
         pgid: None,
         sudo,
+        who: who.clone(),
         done: false,
         permit: Some(permit),
     };
@@ -646,12 +782,15 @@ async fn run_once(
             }
             msg = guard.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    let (pid, data) = guard.pid_line.feed(&data);
-                    if pid.is_some() {
-                        guard.pgid = pid;
+                    let fed = guard.pid_line.feed(&data);
+                    if fed.pgid.is_some() {
+                        guard.pgid = fed.pgid;
                     }
-                    if !data.is_empty() {
-                        stdout(&data, &mut sink, &mut sink_written, &mut collector).await?;
+                    if !fed.prelude.is_empty() {
+                        collector.stderr(&fed.prelude);
+                    }
+                    if !fed.stdout.is_empty() {
+                        stdout(&fed.stdout, &mut sink, &mut sink_written, &mut collector).await?;
                     }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => collector.stderr(&data),
@@ -797,6 +936,16 @@ impl client::Handler for Client {
                     line,
                 })
             }
+            known_hosts::Verdict::Revoked { file, line } => {
+                self.refuse(TransportError::HostKeyRevoked {
+                    host: self.host.clone(),
+                    addr,
+                    algorithm,
+                    fingerprint,
+                    file,
+                    line,
+                })
+            }
             known_hosts::Verdict::Unknown if self.policy == HostKeyPolicy::AcceptNew => {
                 match known_hosts::learn(&self.learn_file, &self.address, self.port, &key) {
                     Ok(()) => Ok(true),
@@ -846,12 +995,17 @@ fn warn_once(host: &str, addr: &str) {
     }
 }
 
-fn client_config() -> Arc<client::Config> {
+/// `recorded`: the host-key algorithms known_hosts holds for the host,
+/// asked for first (see [`known_hosts::prefer_recorded`]).
+fn client_config(recorded: &[russh::keys::Algorithm]) -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    preferred.key = known_hosts::prefer_recorded(&preferred.key, recorded).into();
     Arc::new(client::Config {
         nodelay: true,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
+        preferred,
         ..Default::default()
     })
 }
@@ -890,6 +1044,7 @@ fn open<'a>(
             .find(|f| known_hosts::writable(f))
             .cloned()
             .unwrap_or(user_file);
+        let recorded = known_hosts::recorded_algorithms(&files, &r.address, r.port);
         let refusal = Arc::new(Mutex::new(None));
         let handler = Client {
             host: host.clone(),
@@ -949,7 +1104,7 @@ fn open<'a>(
                 })?;
             let h = tokio::time::timeout(
                 timeout,
-                client::connect_stream(client_config(), channel.into_stream(), handler),
+                client::connect_stream(client_config(&recorded), channel.into_stream(), handler),
             )
             .await
             .map_err(|_| handshake_timeout())?
@@ -988,7 +1143,7 @@ fn open<'a>(
             })?;
             let h = tokio::time::timeout(
                 timeout,
-                client::connect_stream(client_config(), stream, handler),
+                client::connect_stream(client_config(&recorded), stream, handler),
             )
             .await
             .map_err(|_| handshake_timeout())?
@@ -1026,23 +1181,79 @@ mod tests {
         assert_eq!(
             remote_line("echo 'a b'", false),
             format!(
-                "echo $$; exec sh -c {}",
+                "echo provision-pgid:$$; exec sh -c {}",
                 crate::commands::quote("echo 'a b'")
             )
         );
-        assert_eq!(remote_line("ls", true), "echo $$; exec sudo -n sh -c ls");
+        assert_eq!(
+            remote_line("ls", true),
+            "echo provision-pgid:$$; exec sudo -n sh -c ls"
+        );
+    }
+
+    fn fed(pgid: Option<u32>, prelude: &[u8], stdout: &[u8]) -> Fed {
+        Fed {
+            pgid: pgid.map(Pgid),
+            prelude: prelude.to_vec(),
+            stdout: stdout.to_vec(),
+        }
     }
 
     #[test]
     fn pid_line_is_stripped_across_chunks() {
         let mut p = PidLine::Reading(Vec::new());
-        assert_eq!(p.feed(b"12"), (None, vec![]));
-        assert_eq!(p.feed(b"34\nhello"), (Some(1234), b"hello".to_vec()));
-        assert_eq!(p.feed(b" world"), (None, b" world".to_vec()));
+        assert_eq!(p.feed(b"provision-pg"), fed(None, b"", b""));
+        assert_eq!(p.feed(b"id:12"), fed(None, b"", b""));
+        assert_eq!(p.feed(b"34\nhello"), fed(Some(1234), b"", b"hello"));
+        assert_eq!(p.feed(b" world"), fed(None, b"", b" world"));
         let mut p = PidLine::Reading(Vec::new());
-        assert_eq!(p.feed(b"Welcome!\nx"), (None, b"Welcome!\nx".to_vec()));
+        p.feed(b"provision-pgid:99");
+        assert_eq!(p.leftover(), b"provision-pgid:99".to_vec());
+    }
+
+    #[test]
+    fn what_a_login_shell_prints_first_is_neither_the_group_nor_stdout() {
+        // A `.bashrc` that prints `1`, then our line.
         let mut p = PidLine::Reading(Vec::new());
-        p.feed(b"99");
-        assert_eq!(p.leftover(), b"99".to_vec());
+        assert_eq!(
+            p.feed(b"1\nprovision-pgid:4321\nout\n"),
+            fed(Some(4321), b"1\n", b"out\n")
+        );
+        // A banner without its newline.
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(
+            p.feed(b"Welcome!provision-pgid:77\r\n"),
+            fed(Some(77), b"Welcome!", b"")
+        );
+        // Nothing of ours in 64 KiB: all of it is output, the group unknown.
+        let mut p = PidLine::Reading(Vec::new());
+        let chatty = vec![b'x'; MAX_PRELUDE + 1];
+        assert_eq!(p.feed(&chatty).stdout, chatty);
+        assert!(p.why_unknown().contains("64 KiB"), "{}", p.why_unknown());
+    }
+
+    #[test]
+    fn only_a_pid_above_1_is_a_group_to_signal() {
+        for bad in [
+            &b"1"[..],
+            b"0",
+            b"-5",
+            b"+5",
+            b"05",
+            b"",
+            b" 5",
+            b"5 6",
+            b"2147483648",
+            b"99999999999",
+            b"12a",
+        ] {
+            assert_eq!(Pgid::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(Pgid::parse(b"2"), Some(Pgid(2)));
+        assert_eq!(Pgid::parse(b"2147483647"), Some(Pgid(2147483647)));
+        let mut p = PidLine::Reading(Vec::new());
+        assert_eq!(p.feed(b"provision-pgid:1\nrest"), fed(None, b"", b"rest"));
+        assert!(p.why_unknown().contains("\"1\""), "{}", p.why_unknown());
+        assert_eq!(kill_line(Pgid(42)).matches("-42").count(), 3);
     }
 }
