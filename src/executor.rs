@@ -746,7 +746,7 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
     let mut tail: Vec<&str> = Vec::new();
     if !stderr.trim().is_empty() {
         let errorish = |l: &&str| {
-            let l = l.trim().to_ascii_lowercase();
+            let l = without_colours(l).trim().to_ascii_lowercase();
             l.starts_with("e:")
                 || l.starts_with("err:")
                 || l.contains("error")
@@ -767,7 +767,11 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
     };
     let rest: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     tail.extend(&rest[rest.len().saturating_sub(5)..]);
-    let tail = tail.join("\n    ");
+    let tail = tail
+        .iter()
+        .map(|l| without_colours(l))
+        .collect::<Vec<_>>()
+        .join("\n    ");
     format!(
         "`{what}` exited with {}{}",
         status
@@ -779,6 +783,26 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
             format!(":\n    {tail}")
         }
     )
+}
+
+/// `l` without terminal colour codes (`ESC [ 91 m`: docker build colours
+/// a RUN's stderr).
+fn without_colours(l: &str) -> String {
+    let mut out = String::with_capacity(l.len());
+    let mut chars = l.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub async fn local_has_image(image: &str) -> bool {
@@ -849,6 +873,18 @@ mod tests {
 
     #[test]
     fn a_build_failure_shows_the_cause_its_run_printed() {
+        let apt = "After this operation, 539 MB of additional disk space will be used.\n\x1b[91mE: You don't have enough free space in /var/cache/apt/archives/.\n\x1b[0m\n";
+        let f = failure(
+            "docker build .",
+            "The command 'x' returned a non-zero code: 100\n",
+            apt,
+            Some(100),
+        );
+        assert!(
+            f.contains("\n    E: You don't have enough free space"),
+            "{f}"
+        );
+        assert!(!f.contains('\x1b'), "{f}");
         let stdout = "Unpacking libllvm14 ...\ndpkg: error processing archive x.deb (--unpack):\n cannot copy extracted data for './usr/lib/x.so' to '/usr/lib/x.so.dpkg-new': failed to write (No space left on device)\nErrors were encountered while processing:\n x.deb\n";
         let stderr = "The command '/bin/sh -c apt-get install postgresql-15' returned a non-zero code: 100\n";
         let f = failure("docker build --tag x .", stderr, stdout, Some(100));

@@ -992,8 +992,10 @@ fn faults_secrets_and_concurrent_runs() {
     let d = lab.provision(&[]);
     assert_eq!(d.code, Some(1));
     let failed: Vec<&str> = d.stdout.lines().filter(|l| l.contains("FAILED")).collect();
+    // Docker's own write fails, or apt checks the free space first.
+    let said = d.stdout.to_lowercase();
     assert!(
-        d.stdout.to_lowercase().contains("no space left on device"),
+        said.contains("no space left on device") || said.contains("enough free space"),
         "{}",
         d.stdout
     );
