@@ -664,6 +664,7 @@ mod tests {
                 volume: "data".into(),
                 path: "/data".into(),
                 read_only: true,
+                implied: false,
             }],
             volumes_from: vec!["pg-store".into()],
             env_file: Some("/var/lib/provision/pg/env/rails.env".into()),

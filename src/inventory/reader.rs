@@ -1207,5 +1207,6 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
         volume: name.into(),
         path: path.into(),
         read_only,
+        implied: false,
     })
 }
