@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::commands::{self, shell, RunSpec, SecretRef};
 use crate::diagnostics::Diagnostic;
+use crate::firewall;
 use crate::inventory::{AppSource, Inventory, Service};
 use crate::load::Loaded;
+use crate::reach::{self, PortReach, Reach};
 use crate::secrets::MASK;
 use crate::templates::{ContextFile, RenderInput, UsedService};
 
@@ -25,6 +27,8 @@ pub struct Plan {
 pub struct HostPlan {
     pub host: String,
     pub address: String,
+    /// Its published ports, where they listen and who may connect.
+    pub ports: Vec<PortReach>,
     pub steps: Vec<Step>,
 }
 
@@ -155,10 +159,18 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             upstream: false,
             bases: vec![],
         });
+        let mut ports = Vec::new();
+        for s in &services {
+            match reach::of_service(inv, s) {
+                Ok(r) => ports.extend(r),
+                Err(d) => problems.push(d),
+            }
+        }
         if services.is_empty() && !inv.data.iter().any(|d| d.host == host.name) {
             hosts.push(HostPlan {
                 host: host.name.clone(),
                 address: host.address.clone(),
+                ports,
                 steps,
             });
             continue;
@@ -233,19 +245,21 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             });
         }
 
-        // Only the hosts that use a published port may reach it.
-        let mut guarded: Vec<(u16, Vec<String>)> = Vec::new();
-        for s in &services {
-            let clients = clients(inv, s);
-            if clients.is_empty() {
-                continue;
-            }
-            for p in &s.publish {
-                guarded.push((p.host_port, clients.clone()));
-            }
-        }
-        if !guarded.is_empty() {
-            let marker = hash_str(&format!("{}{guarded:?}", host.address))[..16].to_string();
+        // Only the admitted peers of a published port may reach it.
+        let guards: Vec<firewall::Guard> = ports
+            .iter()
+            .filter_map(|r| match (&r.from, &r.bind) {
+                (Reach::Only { peers }, Some(bind)) => Some(firewall::Guard {
+                    port: r.host_port,
+                    bind: bind.clone(),
+                    allowed: peers.iter().map(|p| p.address.clone()).collect(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if !guards.is_empty() {
+            let probe_files = firewall::files(&project, &guards, "");
+            let marker = context_hash(&probe_files)[..16].to_string();
             steps.push(Step {
                 id: id("firewall"),
                 host: host.name.clone(),
@@ -253,9 +267,9 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 kind: StepKind::Firewall,
                 summary: format!(
                     "firewall: {}",
-                    guarded
+                    guards
                         .iter()
-                        .map(|(p, c)| format!("port {p} only from {}", c.join(", ")))
+                        .map(|g| format!("port {} only from {}", g.port, g.allowed.join(", ")))
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
@@ -263,9 +277,16 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 when: Condition::FirewallDiffers {
                     marker: marker.clone(),
                 },
-                actions: vec![Action::Run {
-                    line: commands::firewall(&project, &host.address, &guarded, &marker),
-                }],
+                actions: vec![
+                    Action::Upload {
+                        dir: firewall::staging_dir(&project),
+                        shown: "rules for IPv4 and IPv6, the script that applies them, the docker.service drop-in".into(),
+                        files: firewall::files(&project, &guards, &marker),
+                    },
+                    Action::Run {
+                        line: firewall::apply_line(&project),
+                    },
+                ],
                 upstream: false,
                 bases: vec![],
             });
@@ -289,6 +310,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
         hosts.push(HostPlan {
             host: host.name.clone(),
             address: host.address.clone(),
+            ports,
             steps,
         });
     }
@@ -342,18 +364,10 @@ pub fn start_order(inv: &Inventory) -> Vec<String> {
 
 /// Addresses of the other hosts whose services use `s`.
 pub fn clients(inv: &Inventory, s: &Service) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for c in &inv.services {
-        let uses = c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name);
-        if uses && c.host != s.host {
-            if let Some(h) = inv.host(&c.host) {
-                if !out.contains(&h.address) {
-                    out.push(h.address.clone());
-                }
-            }
-        }
-    }
-    out
+    reach::users(inv, s)
+        .into_iter()
+        .map(|h| h.wire_address().to_string())
+        .collect()
 }
 
 /// How `consumer` reaches `provider`: by container name on the same host's
@@ -374,7 +388,10 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
             .iter()
             .find(|p| Some(p.container_port) == listen)
             .or(provider.publish.first())?;
-        Some(UsedService::new(host.address.clone(), p.host_port))
+        Some(UsedService::new(
+            host.wire_address().to_string(),
+            p.host_port,
+        ))
     }
 }
 
@@ -605,7 +622,7 @@ fn service_steps(
                 Some(p) if provider.host == s.host => Some(format!("127.0.0.1:{}", p.host_port)),
                 Some(p) => inv
                     .host(&provider.host)
-                    .map(|h| format!("{}:{}", h.address, p.host_port)),
+                    .map(|h| format!("{}:{}", h.wire_address(), p.host_port)),
                 None => {
                     return Err(inv.diagnostic(
                         &format!("services.{}.logs_to", s.name),
@@ -627,7 +644,8 @@ fn service_steps(
         container: container.clone(),
         image: tag.clone(),
         network: project.clone(),
-        bind_address: None,
+        // Reported with the host's ports when it cannot be told.
+        bind_address: reach::bind_address(inv, s).ok().flatten(),
         publish: s.publish.clone(),
         volumes: s.volumes.clone(),
         volumes_from: s
@@ -664,7 +682,10 @@ fn service_steps(
     for d in &s.volumes_from {
         needs.push(format!("{}/data/{d}", s.host));
     }
-    if !clients(inv, s).is_empty() {
+    let guarded = reach::of_service(inv, s)
+        .map(|ports| ports.iter().any(|r| matches!(r.from, Reach::Only { .. })))
+        .unwrap_or(false);
+    if guarded {
         needs.push(format!("{}/firewall", s.host));
     }
     let mut run_actions = vec![Action::Upload {
