@@ -304,7 +304,7 @@ pub struct SecretRef {
 }
 
 /// `docker run` with the spec hash as a label. Secret values never appear
-/// here: they are in the env file.
+/// here: they are in the env file or a mounted file.
 pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
     let mut a = argv([
         "docker".to_string(),
