@@ -589,3 +589,28 @@ fn names_postgres_cannot_hold_are_refused_at_input() {
         assert!(err.contains(why), "{var}: {err}");
     }
 }
+
+/// A secret the template reads from a file but the service does not get
+/// would start PostGIS without a password: an input error naming the
+/// service, nothing run.
+#[test]
+fn a_secret_file_the_service_does_not_get_is_refused_at_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[project]\nname = \"pvinput\"\n\n[hosts.db]\naddress = \"127.0.0.1\"\n\n\
+                [services.postgis]\nhost = \"db\"\ntemplate = \"postgis\"\n";
+    std::fs::write(dir.path().join("hosts.toml"), text).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--hosts", "hosts.toml", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("hosts.toml:7:")
+            && err.contains("services.postgis")
+            && err.contains("reads the secret `PG_PASSWORD`")
+            && err.contains("secrets = [\"PG_PASSWORD\"]"),
+        "{err}"
+    );
+}
