@@ -169,9 +169,10 @@ fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_in
     std::fs::write(&path, kept).unwrap();
     let rotation = lab.provision(&[]);
     eprintln!(
-        "rotation run: {:?} in {:.1} s",
+        "rotation run: {:?} in {:.1} s\n{}",
         rotation.code(),
-        rotation.took.as_secs_f64()
+        rotation.took.as_secs_f64(),
+        rotation.stdout()
     );
     let new = secret(&lab, "PG_PASSWORD");
     assert_ne!(new, old, "a new PG_PASSWORD was generated");
