@@ -65,11 +65,13 @@ pub async fn backup_to_file(
 ) -> Result<u64, String> {
     ensure_image(t, DATA_IMAGE).await?;
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        crate::private::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // A backup holds the volumes' data (a database's rows, its password
+    // hashes): 0600, also at a path of the user's choosing.
     let partial = partial_path(path);
-    let file = tokio::fs::File::create(&partial)
-        .await
+    let file = crate::private::create_file(&partial)
+        .map(tokio::fs::File::from_std)
         .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     let line = commands::backup_volumes(volumes, DATA_IMAGE, restart);
     let out = t
