@@ -140,11 +140,12 @@ for svc in redis postgis rails nginx; do
 done
 
 # --- 4. run and check -------------------------------------------------------------
-# Secrets: generated here, only in env files (mode 600), never in a build context.
+# Secrets: generated here, only in env files and the PostGIS password file (mode
+# 600, mounted read-only at /run/secrets/PG_PASSWORD), never in a build context.
 umask 077
 PG_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 SECRET_KEY_BASE=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')
-printf 'PG_PASSWORD=%s\n' "$PG_PASSWORD" >"$WORK/postgis.env"
+printf '%s' "$PG_PASSWORD" >"$WORK/PG_PASSWORD"
 cat >"$WORK/rails.env" <<EOF
 DATABASE_URL=postgres://app:$PG_PASSWORD@pvcheck-postgis:5432/app
 REDIS_URL=redis://pvcheck-redis:6379/0
@@ -169,7 +170,8 @@ wait_ready() {
     return 1
 }
 run_postgis() {
-    docker run -d --name pvcheck-postgis --network "$NET" --env-file "$WORK/postgis.env" \
+    docker run -d --name pvcheck-postgis --network "$NET" \
+        --mount "type=bind,source=$WORK/PG_PASSWORD,target=/run/secrets/PG_PASSWORD,readonly" \
         -v "$PG_VOLUME:/var/lib/postgresql/data" pvcheck-postgis >/dev/null
 }
 run_redis() {

@@ -19,6 +19,7 @@ JSON: {"host": {"name": .., "address": ..},
 import argparse
 import json
 import os
+import shlex
 import sys
 import tomllib
 
@@ -32,6 +33,8 @@ def make_renderer():
             keep_trailing_newline=True,
             auto_escape_callback=lambda name: False,
         )
+        # The Rust renderer's `shell` filter (shlex there, shlex here).
+        env.add_filter("shell", lambda v: shlex.quote(str(v)))
         return "minijinja", lambda name, source, ctx: env.render_str(source, name=name, **ctx)
     except ImportError:
         import jinja2
@@ -41,6 +44,7 @@ def make_renderer():
             keep_trailing_newline=True,
             autoescape=False,
         )
+        env.filters["shell"] = lambda v: shlex.quote(str(v))
         return "jinja2", lambda name, source, ctx: env.from_string(source).render(**ctx)
 
 

@@ -12,6 +12,9 @@ pub const SPEC_LABEL: &str = "provision.spec";
 /// Hash of an image's rendered build context.
 pub const CONTEXT_LABEL: &str = "provision.context";
 pub const SERVICE_LABEL: &str = "provision.service";
+/// `NAME:DIGEST,...` of the secrets a container was started with (salted
+/// digests, never values), so a later run can say which one it rotates.
+pub const SECRETS_LABEL: &str = "provision.secrets";
 
 /// Where provision keeps its files on a host.
 pub fn remote_root(project: &str) -> String {
@@ -45,6 +48,27 @@ pub fn quote(word: &str) -> std::borrow::Cow<'_, str> {
             std::borrow::Cow::Owned(shlex::try_quote(&clean).expect("no NUL left").into_owned())
         }
     }
+}
+
+/// One value of a curl config file (`curl -K`), double-quoted with the
+/// escapes curl reads back: a `"` or a newline in a URL or token stays part
+/// of the value and can never start another option line.
+pub fn curl_config_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Join shell lines so that each runs only if the previous succeeded.
@@ -94,7 +118,9 @@ pub fn probe(project: &str, bases: &[String]) -> String {
         "--filter",
         &filter,
         "--format",
-        &format!("{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{SPEC_LABEL}\"}}}}"),
+        &format!(
+            "{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{SPEC_LABEL}\"}}}}\t{{{{.Label \"{SECRETS_LABEL}\"}}}}"
+        ),
     ]));
     let networks = shell(&argv([
         "docker",
@@ -261,10 +287,24 @@ pub struct RunSpec {
     pub env_file: Option<String>,
     /// `HOST:PORT` of a Fluentd for Docker's log driver.
     pub fluentd: Option<String>,
+    /// The secrets the container takes: each one's digest goes in a label;
+    /// those with a file are mounted read-only at `/run/secrets/NAME`.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// One secret of a container, as `docker run` sees it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretRef {
+    pub name: String,
+    /// [`crate::secrets::digest`] of the value.
+    pub digest: String,
+    /// The 0600 file on the host that holds it, when the template takes it
+    /// as a file (`secret_files`); `None`: it is in the env file.
+    pub file: Option<String>,
 }
 
 /// `docker run` with the spec hash as a label. Secret values never appear
-/// here: they are in the env file.
+/// here: they are in the env file or a mounted file.
 pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
     let mut a = argv([
         "docker".to_string(),
@@ -287,9 +327,29 @@ pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
         "--label".into(),
         format!("{SPEC_LABEL}={spec_hash}"),
     ]);
+    if !spec.secrets.is_empty() {
+        let digests: Vec<String> = spec
+            .secrets
+            .iter()
+            .map(|s| format!("{}:{}", s.name, s.digest))
+            .collect();
+        a.push("--label".into());
+        a.push(format!("{SECRETS_LABEL}={}", digests.join(",")));
+    }
     if let Some(f) = &spec.env_file {
         a.push("--env-file".into());
         a.push(f.clone());
+    }
+    for s in &spec.secrets {
+        if let Some(file) = &s.file {
+            // --mount, not --volume: a missing file is an error, where
+            // --volume would mount a new empty folder in its place.
+            a.push("--mount".into());
+            a.push(format!(
+                "type=bind,source={file},target={},readonly",
+                crate::templates::secret_file_path(&s.name)
+            ));
+        }
     }
     for p in &spec.publish {
         a.push("--publish".into());
@@ -542,6 +602,18 @@ mod tests {
             volumes_from: vec!["pg-store".into()],
             env_file: Some("/var/lib/provision/pg/env/rails.env".into()),
             fluentd: Some("127.0.0.1:24224".into()),
+            secrets: vec![
+                SecretRef {
+                    name: "PG_PASSWORD".into(),
+                    digest: "0123abcd".into(),
+                    file: Some("/var/lib/provision/pg/secrets/rails/PG_PASSWORD".into()),
+                },
+                SecretRef {
+                    name: "SECRET_KEY_BASE".into(),
+                    digest: "4567ef01".into(),
+                    file: None,
+                },
+            ],
         }
     }
 
@@ -569,8 +641,12 @@ mod tests {
                 "provision.service=rails",
                 "--label",
                 "provision.spec=h1",
+                "--label",
+                "provision.secrets=PG_PASSWORD:0123abcd,SECRET_KEY_BASE:4567ef01",
                 "--env-file",
                 "/var/lib/provision/pg/env/rails.env",
+                "--mount",
+                "type=bind,source=/var/lib/provision/pg/secrets/rails/PG_PASSWORD,target=/run/secrets/PG_PASSWORD,readonly",
                 "--publish",
                 "10.0.0.1:8080:3000",
                 "--volume",

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use crate::commands::{self, PROJECT_LABEL, SPEC_LABEL};
+use crate::commands::{self, PROJECT_LABEL, SECRETS_LABEL, SPEC_LABEL};
 use crate::transport::{Exec, Transport};
 
 pub const SOCKET: &str = "/var/run/docker.sock";
@@ -238,7 +238,8 @@ impl Answers {
                 .trim_start_matches('/');
             let state = c["State"].as_str().unwrap_or_default();
             let spec = c["Labels"][SPEC_LABEL].as_str().unwrap_or_default();
-            out.push_str(&format!("{name}\t{state}\t{spec}\n"));
+            let secrets = c["Labels"][SECRETS_LABEL].as_str().unwrap_or_default();
+            out.push_str(&format!("{name}\t{state}\t{spec}\t{secrets}\n"));
         }
         out.push_str("@networks\n");
         for n in networks.as_array()? {

@@ -399,8 +399,15 @@ impl HostRun {
                 self.finish(step, o);
                 continue;
             }
-            self.progress
-                .status(&self.host, &format!("{} ...", step.summary));
+            // A replaced container whose secret changed gets the new value:
+            // say so, it is not an ordinary restart.
+            let rotated = state.rotated(&step.when);
+            let summary = if rotated.is_empty() {
+                step.summary.clone()
+            } else {
+                format!("{}, rotates {}", step.summary, rotated.join(", "))
+            };
+            self.progress.status(&self.host, &format!("{summary} ..."));
             let started = Instant::now();
             let mut result = self
                 .backup_before_replace(t, step, &state, &mut bases)
@@ -415,12 +422,15 @@ impl HostRun {
                 Ok(()) => {
                     self.progress.status(
                         &self.host,
-                        &format!(
-                            "{} done ({:.1} s)",
-                            step.summary,
-                            started.elapsed().as_secs_f64()
-                        ),
+                        &format!("{summary} done ({:.1} s)", started.elapsed().as_secs_f64()),
                     );
+                    if !rotated.is_empty() {
+                        self.report.notes.push(format!(
+                            "{}: rotates {} (the new value was set when the container started)",
+                            step.service.as_deref().unwrap_or(&step.id),
+                            rotated.join(", ")
+                        ));
+                    }
                     // A readiness wait changes nothing on the host.
                     if step.kind == StepKind::Ready {
                         Outcome::Unchanged

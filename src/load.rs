@@ -65,6 +65,23 @@ pub fn load(
                         Some(hint),
                     ));
                 }
+                for (name, why) in &p.invalid {
+                    let spec = &t.manifest.vars[name];
+                    problems.push(inv.diagnostic(
+                        &format!("{base}.vars.{name}"),
+                        format!("`{name}` of template `{}` {why}", t.name),
+                        (!spec.doc.is_empty()).then(|| format!("{name}: {}", spec.doc)),
+                    ));
+                }
+                for (name, why) in &p.bad_defaults {
+                    problems.push(inv.diagnostic(
+                        &format!("{base}.template"),
+                        format!("template `{}`: the default of `{name}` {why}", t.name),
+                        Some(format!(
+                            "give [{base}.vars] {name} = ... or fix the template's default"
+                        )),
+                    ));
+                }
                 for m in &p.missing {
                     let doc = &t.manifest.vars[m].doc;
                     problems.push(inv.diagnostic(
@@ -80,6 +97,20 @@ pub fn load(
                         )),
                     ));
                 }
+            }
+        }
+        // A secret the template reads from a file must be given, or the
+        // container would start without it.
+        for name in &t.manifest.secret_files {
+            if !s.secrets.contains(name) {
+                problems.push(inv.diagnostic(
+                    &base,
+                    format!(
+                        "template `{}` reads the secret `{name}` (as the file /run/secrets/{name}), which the service does not get",
+                        t.name
+                    ),
+                    Some(format!("add secrets = [\"{name}\"] to [{base}]")),
+                ));
             }
         }
         // A service used from another host is reached on a published port

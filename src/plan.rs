@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::commands::{self, shell, RunSpec};
+use crate::commands::{self, shell, RunSpec, SecretRef};
 use crate::diagnostics::Diagnostic;
 use crate::firewall;
 use crate::inventory::{AppSource, Inventory, Service};
@@ -72,6 +72,10 @@ pub enum Condition {
     ContainerOutdated {
         name: String,
         spec: String,
+        /// Digest of each secret it takes: a running container labelled
+        /// with another digest for a name gets that secret rotated.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        secrets: BTreeMap<String, String>,
     },
     /// Every run: readiness of a service others wait for.
     Always,
@@ -481,12 +485,20 @@ fn service_steps(
         files,
     }];
     if let Some((url, token)) = fetch {
-        let mut cfg = format!("url = \"{url}\"\nlocation\nfail\nsilent\nshow-error\noutput = \"{build_dir}/app.tar.gz\"\n");
+        let q = commands::curl_config_quote;
+        let mut cfg = format!(
+            "url = {}\nlocation\nfail\nsilent\nshow-error\noutput = {}\n",
+            q(&url),
+            q(&format!("{build_dir}/app.tar.gz"))
+        );
         let mut shown = cfg.clone();
         if let Some(tok) = token {
             let value = loaded.secrets.get(&tok).unwrap_or_default();
-            cfg.push_str(&format!("user = \"{value}:x-oauth-basic\"\n"));
-            shown.push_str(&format!("user = \"{MASK}:x-oauth-basic\"\n"));
+            cfg.push_str(&format!(
+                "user = {}\n",
+                q(&format!("{value}:x-oauth-basic"))
+            ));
+            shown.push_str(&format!("user = {}\n", q(&format!("{MASK}:x-oauth-basic"))));
         }
         let fetch_dir = format!("{root}/fetch/{}", s.name);
         build_actions.push(Action::Upload {
@@ -529,14 +541,32 @@ fn service_steps(
     };
 
     // The container's environment: plain values, secrets, and what the
-    // services it uses export (DATABASE_URL, REDIS_URL, ...).
+    // services it uses export (DATABASE_URL, REDIS_URL, ...). Secrets the
+    // template takes as files go to 0600 files mounted read-only instead.
     let mut env: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (k, v) in &s.env {
         env.insert(k.clone(), (v.clone(), v.clone()));
     }
+    let secrets_dir = format!("{root}/secrets/{}", s.name);
+    let mut secret_refs = Vec::new();
+    let mut secret_files = Vec::new();
     for name in &s.secrets {
         let v = loaded.secrets.get(name).unwrap_or_default().to_string();
-        env.insert(name.clone(), (v, MASK.to_string()));
+        let as_file = t.manifest.secret_files.contains(name);
+        secret_refs.push(SecretRef {
+            name: name.clone(),
+            digest: crate::secrets::digest(project, &s.name, name, &v),
+            file: as_file.then(|| format!("{secrets_dir}/{name}")),
+        });
+        if as_file {
+            secret_files.push(ContextFile {
+                path: name.clone(),
+                mode: 0o600,
+                data: v.into_bytes(),
+            });
+        } else {
+            env.insert(name.clone(), (v, MASK.to_string()));
+        }
     }
     let masked_secrets = loaded.secrets.masked();
     for (u, used) in &uses {
@@ -630,9 +660,11 @@ fn service_steps(
             .collect(),
         env_file: Some(format!("{env_dir}/env")),
         fluentd,
+        secrets: secret_refs.clone(),
     };
-    // The hash covers the run line, the env file (with real values: a new
-    // password must restart the service) and nothing else.
+    // The hash covers the run line (with the secrets' digests), the env file
+    // (with real values: a new password must restart the service) and
+    // nothing else.
     let spec_hash = hash_str(&format!(
         "{}\n{}",
         shell(&commands::run(&spec, "")),
@@ -661,6 +693,35 @@ fn service_steps(
     if guarded {
         needs.push(format!("{}/firewall", s.host));
     }
+    let mut run_actions = vec![Action::Upload {
+        dir: env_dir,
+        files: vec![ContextFile {
+            path: "env".into(),
+            mode: 0o600,
+            data: env_real.into_bytes(),
+        }],
+        shown: env_shown,
+    }];
+    if !secret_files.is_empty() {
+        run_actions.push(Action::Upload {
+            dir: secrets_dir,
+            shown: secret_files
+                .iter()
+                .map(|f| format!("{}: {MASK}", f.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+            files: secret_files,
+        });
+    }
+    run_actions.push(Action::Run {
+        line: format!(
+            "{} 2>/dev/null || true",
+            shell(&commands::remove_container(&container))
+        ),
+    });
+    run_actions.push(Action::Run {
+        line: shell(&commands::run(&spec, &spec_hash)),
+    });
     let run = Step {
         id: id("run"),
         host: s.host.clone(),
@@ -671,27 +732,12 @@ fn service_steps(
         when: Condition::ContainerOutdated {
             name: container.clone(),
             spec: spec_hash.clone(),
+            secrets: secret_refs
+                .iter()
+                .map(|r| (r.name.clone(), r.digest.clone()))
+                .collect(),
         },
-        actions: vec![
-            Action::Upload {
-                dir: env_dir,
-                files: vec![ContextFile {
-                    path: "env".into(),
-                    mode: 0o600,
-                    data: env_real.into_bytes(),
-                }],
-                shown: env_shown,
-            },
-            Action::Run {
-                line: format!(
-                    "{} 2>/dev/null || true",
-                    shell(&commands::remove_container(&container))
-                ),
-            },
-            Action::Run {
-                line: shell(&commands::run(&spec, &spec_hash)),
-            },
-        ],
+        actions: run_actions,
         upstream,
         bases: vec![],
     };

@@ -99,8 +99,20 @@ fn condition(c: &Condition) -> String {
         Condition::ImageMissing { tag } => {
             format!("image {tag} is missing (its tag is the context hash)")
         }
-        Condition::ContainerOutdated { name, spec } => {
-            format!("container {name} is missing, stopped, or not spec {spec}")
+        Condition::ContainerOutdated {
+            name,
+            spec,
+            secrets,
+        } => {
+            let mut text = format!("container {name} is missing, stopped, or not spec {spec}");
+            if !secrets.is_empty() {
+                let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
+                text.push_str(&format!(
+                    " (a changed {} is rotated: its digest is in the container's label)",
+                    names.join(", ")
+                ));
+            }
+            text
         }
         Condition::Always => "always".into(),
     }

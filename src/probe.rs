@@ -17,6 +17,17 @@ pub enum DockerState {
 pub struct ContainerState {
     pub running: bool,
     pub spec: String,
+    /// Secret name -> digest, from the container's secrets label.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// `NAME:DIGEST,...` as [`crate::commands::run`] writes the label.
+pub fn parse_secrets_label(label: &str) -> BTreeMap<String, String> {
+    label
+        .split(',')
+        .filter_map(|item| item.split_once(':'))
+        .map(|(n, d)| (n.trim().to_string(), d.trim().to_string()))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +99,13 @@ impl HostState {
                         continue;
                     };
                     let spec = parts.next().unwrap_or("").to_string();
+                    let secrets = parse_secrets_label(parts.next().unwrap_or(""));
                     s.containers.insert(
                         name.to_string(),
                         ContainerState {
                             running: state == "running",
                             spec,
+                            secrets,
                         },
                     );
                 }
@@ -154,7 +167,7 @@ impl HostState {
             Condition::ContainerMissing { name } => !self.containers.contains_key(name),
             Condition::FirewallDiffers { marker } => self.firewall.as_ref() != Some(marker),
             Condition::ImageMissing { tag } => !self.images.contains(tag),
-            Condition::ContainerOutdated { name, spec } => match self.containers.get(name) {
+            Condition::ContainerOutdated { name, spec, .. } => match self.containers.get(name) {
                 Some(c) => !c.running || &c.spec != spec,
                 None => true,
             },
@@ -166,11 +179,29 @@ impl HostState {
     /// be started instead of recreated.
     pub fn only_stopped(&self, c: &Condition) -> bool {
         match c {
-            Condition::ContainerOutdated { name, spec } => {
+            Condition::ContainerOutdated { name, spec, .. } => {
                 matches!(self.containers.get(name), Some(s) if !s.running && &s.spec == spec)
             }
             _ => false,
         }
+    }
+
+    /// The secrets a Run step changes in a container that exists: their
+    /// digest differs from the one its label recorded. A secret the label
+    /// does not name (new, or a container made before labels) is not
+    /// counted: nothing says it changed.
+    pub fn rotated(&self, c: &Condition) -> Vec<String> {
+        let Condition::ContainerOutdated { name, secrets, .. } = c else {
+            return Vec::new();
+        };
+        let Some(found) = self.containers.get(name) else {
+            return Vec::new();
+        };
+        secrets
+            .iter()
+            .filter(|(n, d)| found.secrets.get(*n).is_some_and(|old| old != *d))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -178,7 +209,7 @@ impl HostState {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "@docker 20.10.24\n@images\np-redis:abc\n@containers\np-redis\trunning\tspec1\np-pg\texited\tspec2\n@networks\np\n@volumes\npgdata\n@firewall\nprovision f00d\nhooked\n@bases\ndebian:bookworm\n@unpullable\nfluent/fluentd:v1 1000\n@now 1100\n";
+    const SAMPLE: &str = "@docker 20.10.24\n@images\np-redis:abc\n@containers\np-redis\trunning\tspec1\np-pg\texited\tspec2\tPG_PASSWORD:aaaa,OTHER:bbbb\n@networks\np\n@volumes\npgdata\n@firewall\nprovision f00d\nhooked\n@bases\ndebian:bookworm\n@unpullable\nfluent/fluentd:v1 1000\n@now 1100\n";
 
     #[test]
     fn parses_every_section() {
@@ -189,7 +220,12 @@ mod tests {
             s.containers["p-pg"],
             ContainerState {
                 running: false,
-                spec: "spec2".into()
+                spec: "spec2".into(),
+                secrets: [
+                    ("PG_PASSWORD".to_string(), "aaaa".to_string()),
+                    ("OTHER".to_string(), "bbbb".to_string())
+                ]
+                .into(),
             }
         );
         assert!(s.networks.contains("p") && s.volumes.contains("pgdata"));
@@ -213,21 +249,50 @@ mod tests {
         let same = Condition::ContainerOutdated {
             name: "p-redis".into(),
             spec: "spec1".into(),
+            secrets: BTreeMap::new(),
         };
         assert!(!s.holds(&same));
         let changed = Condition::ContainerOutdated {
             name: "p-redis".into(),
             spec: "other".into(),
+            secrets: BTreeMap::new(),
         };
         assert!(s.holds(&changed) && !s.only_stopped(&changed));
         let stopped = Condition::ContainerOutdated {
             name: "p-pg".into(),
             spec: "spec2".into(),
+            secrets: BTreeMap::new(),
         };
         assert!(s.holds(&stopped) && s.only_stopped(&stopped));
         assert!(!s.holds(&Condition::FirewallDiffers {
             marker: "f00d".into()
         }));
+    }
+
+    #[test]
+    fn a_secret_whose_digest_differs_from_the_label_is_rotated() {
+        let s = HostState::parse(SAMPLE);
+        let wanted = |pairs: &[(&str, &str)]| Condition::ContainerOutdated {
+            name: "p-pg".into(),
+            spec: "spec3".into(),
+            secrets: pairs
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect(),
+        };
+        assert_eq!(
+            s.rotated(&wanted(&[("PG_PASSWORD", "cccc"), ("OTHER", "bbbb")])),
+            vec!["PG_PASSWORD".to_string()]
+        );
+        assert!(s
+            .rotated(&wanted(&[("PG_PASSWORD", "aaaa"), ("NEW", "dddd")]))
+            .is_empty());
+        // A container with no label (made before labels): nothing to say.
+        let mut gone = wanted(&[("PG_PASSWORD", "cccc")]);
+        if let Condition::ContainerOutdated { name, .. } = &mut gone {
+            *name = "p-redis".into();
+        }
+        assert!(s.rotated(&gone).is_empty());
     }
 
     #[test]

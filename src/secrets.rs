@@ -98,6 +98,20 @@ impl Secrets {
     }
 }
 
+/// What a container's label records of a secret: 16 hex digits of SHA-256
+/// over the value, salted with the project, service and name, so equal
+/// values in two places give unrelated digests. Enough to tell that a value
+/// changed; never the value.
+pub fn digest(project: &str, service: &str, name: &str, value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in ["provision secret digest", project, service, name, value] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())[..16].to_string()
+}
+
 /// How many bytes of `text` from `at` spell `value` in some encoding, if
 /// any: each byte of the value appears as itself or as one of its escapes
 /// (`%XX` in either case, `+` for a space, JSON's `\"`, `\\`, `\/`, `\n`,

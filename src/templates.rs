@@ -44,6 +44,16 @@ pub struct Manifest {
     /// resolved `address` and `port`, this template's vars and `secret.NAME`.
     #[serde(default)]
     pub exports: BTreeMap<String, String>,
+    /// Secrets this template takes as read-only files at
+    /// `/run/secrets/NAME` instead of environment variables, so that
+    /// `docker inspect` never shows them. The others stay environment.
+    #[serde(default)]
+    pub secret_files: Vec<String>,
+}
+
+/// Where a secret file is mounted in the container.
+pub fn secret_file_path(name: &str) -> String {
+    format!("/run/secrets/{name}")
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -52,6 +62,147 @@ pub struct VarSpec {
     pub default: Option<toml::Value>,
     #[serde(default)]
     pub doc: String,
+    /// What values are valid; checked before anything is rendered, so a
+    /// value that would break out of a config line or a shell word is an
+    /// input error and never reaches a host.
+    #[serde(default)]
+    pub kind: VarKind,
+    /// Bounds of an `integer`.
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+}
+
+/// The kinds of template variables. Every built-in template gives each of
+/// its variables a kind narrower than `text`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VarKind {
+    /// Any text without NUL (a user's own templates quote it themselves).
+    #[default]
+    Text,
+    /// One line of text: no control characters.
+    Line,
+    /// One config token: ASCII letters, digits, `.`, `_` and `-`.
+    Word,
+    /// A Docker image reference (`registry:5000/org/name:tag@sha256:...`).
+    Image,
+    /// A whole number (a TOML integer or a string of digits), within
+    /// `min`/`max` when given.
+    Integer,
+    /// A size such as `128mb`, `10m`, `2g` or `0`: digits, then letters.
+    Size,
+    /// A PostgreSQL name (database, schema): 1 to 63 bytes, anything but
+    /// NUL. The templates quote it, so `'`, `$(...)` or a newline are fine.
+    PgName,
+    /// A PostgreSQL role name: a `pg_name` that does not start with `pg_`
+    /// (reserved for the server's own roles).
+    PgRole,
+    /// Host names separated by spaces (Nginx's `server_name`): letters,
+    /// digits, `.`, `-`, `_` and a `*` wildcard.
+    Hostnames,
+    /// A RubyGems version requirement such as `~> 8.0` or `>= 1.2, < 2`.
+    GemRequirement,
+}
+
+/// PostgreSQL truncates longer names (NAMEDATALEN - 1), so a longer one
+/// would not be the name the URL carries.
+const PG_NAME_MAX: usize = 63;
+
+impl VarSpec {
+    /// Whether `value` is valid for this variable; the message says why not
+    /// (never repeating the value, which may be long or hold control
+    /// characters).
+    pub fn check(&self, value: &VarValue) -> Result<(), String> {
+        let text = value.to_string();
+        let chars_ok = |ok: &dyn Fn(char) -> bool| !text.is_empty() && text.chars().all(ok);
+        match self.kind {
+            VarKind::Text => {
+                if text.contains('\0') {
+                    return Err("must not hold a NUL character".into());
+                }
+            }
+            VarKind::Line => {
+                if text.chars().any(char::is_control) {
+                    return Err("must be one line without control characters".into());
+                }
+            }
+            VarKind::Word => {
+                if !chars_ok(&|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    return Err("must be one word of ASCII letters, digits, `.`, `_` or `-`".into());
+                }
+            }
+            VarKind::Image => {
+                let first_ok = text
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric());
+                if !first_ok || !chars_ok(&|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c)) {
+                    return Err("must be a Docker image reference such as `debian:bookworm` (letters, digits, `.`, `_`, `-`, `/`, `:`, `@`)".into());
+                }
+            }
+            VarKind::Integer => {
+                let n = match value {
+                    VarValue::Integer(i) => Some(*i),
+                    VarValue::String(s) if chars_ok(&|c| c.is_ascii_digit()) => s.parse().ok(),
+                    _ => None,
+                };
+                let Some(n) = n else {
+                    return Err("must be a whole number".into());
+                };
+                if self.min.is_some_and(|m| n < m) || self.max.is_some_and(|m| n > m) {
+                    return Err(format!(
+                        "must be between {} and {}",
+                        self.min
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "-inf".into()),
+                        self.max
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "inf".into())
+                    ));
+                }
+            }
+            VarKind::Size => {
+                let digits = text.chars().take_while(char::is_ascii_digit).count();
+                let unit_ok = text[digits..].chars().all(|c| c.is_ascii_alphabetic());
+                if digits == 0 || !unit_ok || text.len() - digits > 3 {
+                    return Err("must be a size such as `128mb`, `10m` or `0`".into());
+                }
+            }
+            VarKind::PgName | VarKind::PgRole => {
+                if text.is_empty() || text.len() > PG_NAME_MAX || text.contains('\0') {
+                    return Err(format!(
+                        "must be a PostgreSQL name of 1 to {PG_NAME_MAX} bytes without NUL (this one has {} bytes)",
+                        text.len()
+                    ));
+                }
+                if self.kind == VarKind::PgRole && text.starts_with("pg_") {
+                    return Err(
+                        "must not start with `pg_` (reserved for PostgreSQL's own roles)".into(),
+                    );
+                }
+            }
+            VarKind::Hostnames => {
+                let name_ok = |w: &str| {
+                    !w.is_empty()
+                        && w.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || ".-_*".contains(c))
+                };
+                if !text.split(' ').all(name_ok) {
+                    return Err(
+                        "must be host names separated by single spaces (letters, digits, `.`, `-`, `_`, `*`)".into(),
+                    );
+                }
+            }
+            VarKind::GemRequirement => {
+                if !chars_ok(&|c| c.is_ascii_alphanumeric() || " .,~<>=!".contains(c))
+                    || !text.chars().any(|c| c.is_ascii_digit())
+                {
+                    return Err("must be a gem version requirement such as `~> 8.0`".into());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,9 +441,15 @@ impl Template {
         for (name, spec) in &self.manifest.vars {
             match (user.get(name), &spec.default) {
                 (Some(v), _) => {
+                    if let Err(why) = spec.check(v) {
+                        problems.invalid.push((name.clone(), why));
+                    }
                     out.insert(name.clone(), var_value(v));
                 }
                 (None, Some(d)) => {
+                    if let Some(why) = default_value(d).and_then(|v| spec.check(&v).err()) {
+                        problems.bad_defaults.push((name.clone(), why));
+                    }
                     out.insert(name.clone(), Value::from_serialize(d));
                 }
                 (None, None) => problems.missing.push(name.clone()),
@@ -303,7 +460,7 @@ impl Template {
                 problems.unknown.push(name.clone());
             }
         }
-        if problems.missing.is_empty() && problems.unknown.is_empty() {
+        if problems.is_empty() {
             Ok(out)
         } else {
             Err(problems)
@@ -382,6 +539,29 @@ impl Template {
 pub struct VarProblems {
     pub unknown: Vec<String>,
     pub missing: Vec<String>,
+    /// The user's values that their variable's kind refuses, with why.
+    pub invalid: Vec<(String, String)>,
+    /// The template's own defaults that their kind refuses (a template bug).
+    pub bad_defaults: Vec<(String, String)>,
+}
+
+impl VarProblems {
+    pub fn is_empty(&self) -> bool {
+        self.unknown.is_empty()
+            && self.missing.is_empty()
+            && self.invalid.is_empty()
+            && self.bad_defaults.is_empty()
+    }
+}
+
+/// A manifest default as a user value would be, for its check.
+fn default_value(d: &toml::Value) -> Option<VarValue> {
+    match d {
+        toml::Value::String(s) => Some(VarValue::String(s.clone())),
+        toml::Value::Integer(i) => Some(VarValue::Integer(*i)),
+        toml::Value::Boolean(b) => Some(VarValue::Bool(*b)),
+        _ => None,
+    }
 }
 
 fn environment() -> Environment<'static> {
@@ -390,7 +570,18 @@ fn environment() -> Environment<'static> {
     // Configs and Dockerfiles, not HTML: never escape.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
+    // `{{ db_name | shell }}`: one POSIX shell word, quoted like every
+    // command provision runs (shlex), for values that land in scripts.
+    env.add_filter("shell", shell_filter);
     env
+}
+
+fn shell_filter(value: Value) -> String {
+    let text = match value.as_str() {
+        Some(s) => s.to_string(),
+        None => value.to_string(),
+    };
+    crate::commands::quote(&text).into_owned()
 }
 
 /// Dotted names the text uses that the context does not define, so an error
@@ -476,6 +667,121 @@ mod tests {
         let p = t.vars(&user).unwrap_err();
         assert_eq!(p.missing, vec!["b"]);
         assert_eq!(p.unknown, vec!["c"]);
+    }
+
+    fn spec(kind: VarKind) -> VarSpec {
+        VarSpec {
+            default: None,
+            doc: String::new(),
+            kind,
+            min: Some(0),
+            max: Some(100),
+        }
+    }
+
+    fn ok(kind: VarKind, v: &str) -> bool {
+        spec(kind).check(&VarValue::String(v.into())).is_ok()
+    }
+
+    #[test]
+    fn kinds_accept_their_values_and_refuse_the_rest() {
+        use VarKind::*;
+        let hostile = ["a;b", "a\nb", "$(x)", "`x`", "'", "\"", "a\tb", ""];
+        for v in hostile {
+            for k in [Word, Image, Integer, Size, Hostnames, GemRequirement] {
+                assert!(!ok(k, v), "{k:?} took {v:?}");
+            }
+        }
+        for k in [Word, Image, Integer, Size] {
+            assert!(!ok(k, "a b"), "{k:?} took a blank");
+        }
+        assert!(ok(Text, "a\nb'$(x)") && !ok(Text, "a\0b"));
+        assert!(ok(Line, "a b 'c'") && !ok(Line, "a\nb") && !ok(Line, "a\rb"));
+        assert!(ok(Word, "production") && ok(Word, "my_env-2.x"));
+        assert!(ok(Image, "debian:bookworm"));
+        assert!(ok(Image, "registry.example:5000/org/pg:15@sha256:ab12"));
+        assert!(!ok(Image, "-debian") && !ok(Image, "debian\nRUN x"));
+        assert!(ok(Integer, "7") && !ok(Integer, "101") && !ok(Integer, "-1"));
+        assert!(spec(Integer).check(&VarValue::Integer(100)).is_ok());
+        assert!(spec(Integer).check(&VarValue::Integer(-3)).is_err());
+        assert!(spec(Integer).check(&VarValue::Bool(true)).is_err());
+        assert!(ok(Size, "128mb") && ok(Size, "0") && ok(Size, "10m"));
+        assert!(!ok(Size, "mb") && !ok(Size, "10m;") && !ok(Size, "1 g"));
+        assert!(ok(Hostnames, "_") && ok(Hostnames, "example.com *.example.org"));
+        assert!(!ok(Hostnames, "a  b") && !ok(Hostnames, "a;"));
+        assert!(ok(GemRequirement, "~> 8.0") && ok(GemRequirement, ">= 1.2, < 2"));
+        // PostgreSQL names: anything but NUL, up to 63 bytes.
+        for v in [
+            "app",
+            "'; rm -rf /;'",
+            "$(id)",
+            "a\nb",
+            "名前",
+            &"x".repeat(63),
+        ] {
+            assert!(ok(PgName, v) && ok(PgRole, v), "{v:?}");
+        }
+        assert!(!ok(PgName, "") && !ok(PgName, &"x".repeat(64)) && !ok(PgName, "a\0"));
+        assert!(!ok(PgName, &"é".repeat(32)), "64 bytes in 32 characters");
+        assert!(ok(PgName, "pg_x") && !ok(PgRole, "pg_x"));
+    }
+
+    #[test]
+    fn invalid_user_values_and_defaults_are_reported() {
+        let t = tpl(&[
+            (
+                MANIFEST,
+                "[vars.a]\nkind = \"word\"\n[vars.b]\ndefault = \"x y\"\nkind = \"word\"\n",
+            ),
+            ("Dockerfile", "FROM {{ a }}{{ b }}"),
+        ]);
+        let user = [("a".to_string(), VarValue::String("a;b".into()))].into();
+        let p = t.vars(&user).unwrap_err();
+        assert_eq!(p.invalid.len(), 1);
+        assert_eq!(p.invalid[0].0, "a");
+        assert_eq!(p.bad_defaults.len(), 1);
+        assert_eq!(p.bad_defaults[0].0, "b");
+    }
+
+    #[test]
+    fn the_shell_filter_makes_one_word() {
+        let t = tpl(&[
+            (MANIFEST, "[vars.a]\n[vars.n]\ndefault = 3\n"),
+            ("Dockerfile", "FROM x\n"),
+            ("run.sh", "A={{ a | shell }} N={{ n | shell }}"),
+        ]);
+        let vars = t
+            .vars(&[("a".to_string(), VarValue::String("it's $(x)".into()))].into())
+            .unwrap();
+        let files = t.render(&vars, &input()).unwrap();
+        let sh = files.iter().find(|f| f.path == "run.sh").unwrap();
+        assert_eq!(String::from_utf8_lossy(&sh.data), r#"A="it's "'$(x)' N=3"#);
+    }
+
+    /// Every variable of a built-in template has a kind narrower than
+    /// `text`, its default passes it, and a shell script only takes values
+    /// through `| shell` (the names of services and hosts are checked by
+    /// the inventory and may appear bare, in comments).
+    #[test]
+    fn builtin_templates_check_and_quote_their_variables() {
+        for name in builtin_names() {
+            let t = builtin(name).unwrap();
+            for (var, spec) in &t.manifest.vars {
+                assert_ne!(spec.kind, VarKind::Text, "{name}: `{var}` has no kind");
+            }
+            t.vars(&BTreeMap::new())
+                .unwrap_or_else(|p| panic!("{name}: {p:?}"));
+            for f in t.files.iter().filter(|f| f.path.ends_with(".sh")) {
+                for expr in f.text.split("{{").skip(1) {
+                    let expr = expr.split("}}").next().unwrap().trim();
+                    assert!(
+                        expr.ends_with("| shell") || ["service.name", "host.name"].contains(&expr),
+                        "{name}/{}: `{{{{ {expr} }}}}` is not quoted with | shell",
+                        f.path
+                    );
+                }
+            }
+        }
     }
 
     #[test]

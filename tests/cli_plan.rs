@@ -70,7 +70,13 @@ fn dry_run_of_the_shipped_playground_covers_both_hosts() {
         "{text}"
     );
     assert!(text.contains("REDIS_URL=redis://redis:6379/0"), "{text}");
-    assert!(text.contains("PG_PASSWORD=***"), "{text}");
+    // PostGIS takes its password as a read-only file, not as environment.
+    assert!(
+        text.contains("upload /var/lib/provision/playground/secrets/postgis/PG_PASSWORD (mode 0600):\n        PG_PASSWORD: ***\n"),
+        "{text}"
+    );
+    assert!(text.contains("--mount 'type=bind,source=/var/lib/provision/playground/secrets/postgis/PG_PASSWORD,target=/run/secrets/PG_PASSWORD,readonly'"), "{text}");
+    assert!(!text.contains("PG_PASSWORD=***"), "{text}");
     assert!(!text.contains(PG_PASSWORD) && !text.contains(SECRET_KEY_BASE));
     // PostGIS is ready before Rails starts.
     assert!(text.contains("after: db/postgis/ready"), "{text}");

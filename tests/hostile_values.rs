@@ -438,6 +438,70 @@ fn values_a_docker_env_file_cannot_carry_are_refused_by_the_planner() {
     }
 }
 
+/// The app fetch's curl config (`curl -K`) quotes its values: real curl
+/// reads each hostile value back whole, and one that tries to end its line
+/// and start another option starts nothing. Only `file://` URLs: no traffic.
+#[test]
+fn curl_config_values_are_read_back_whole_by_real_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.txt");
+    std::fs::write(&src, "payload").unwrap();
+    let url = format!("file://{}", src.display());
+    let q = commands::curl_config_quote;
+    let names = [
+        "a \"q\" b",
+        "back\\slash\\",
+        "$(touch pwned)`id`",
+        "tab\there",
+        "☃ ünï",
+        "=starts",
+        ":colon",
+        "'single'",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let out = dir.path().join(format!("{i}-{name}"));
+        let cfg = format!(
+            "url = {}\noutput = {}\nfail\nsilent\nshow-error\n",
+            q(&url),
+            q(&out.display().to_string())
+        );
+        let cfg_path = dir.path().join("curl.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let run = std::process::Command::new("curl")
+            .arg("-K")
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{name:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "payload",
+            "{name:?}"
+        );
+    }
+    // A value that tries to close its quotes and add `output = "..."` (with
+    // plain `"{value}"` quoting curl would write that file).
+    let pwned = dir.path().join("pwned");
+    for tail in ["\"\noutput = \"", "\\\"\noutput = \"", "\r\noutput = \""] {
+        let evil = format!("{url}{tail}{}", pwned.display());
+        let cfg = format!("url = {}\nsilent\n", q(&evil));
+        let cfg_path = dir.path().join("evil.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let _ = std::process::Command::new("curl")
+            .arg("-K")
+            .arg(&cfg_path)
+            .arg("-o")
+            .arg(dir.path().join("ignored"))
+            .output()
+            .unwrap();
+        assert!(!pwned.exists(), "{tail:?} started another curl option");
+    }
+}
+
 // ---- inventory parsing never panics ---------------------------------------
 
 fn shipped() -> String {

@@ -349,6 +349,15 @@ impl<'s> Reader<'s> {
         let include = self.app_include(t);
         let source = match self.nonempty_string(t, "source", "app") {
             Some(s) if s.starts_with("https://") || s.starts_with("http://") => {
+                // A URL never holds blanks: one here is a typo, or a value
+                // meant to break out of the curl config line.
+                if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    self.c.error(
+                        self.spans["app.source"].clone(),
+                        "app.source",
+                        "a URL cannot hold spaces, newlines or control characters (percent-encode them)",
+                    );
+                }
                 if s.starts_with("http://") && token.is_some() {
                     // Anyone on the path would read the token.
                     self.c.error_with_hint(
