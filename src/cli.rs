@@ -50,6 +50,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE|latest")]
     pub restore_from: Option<PathBuf>,
 
+    /// With `restore` or --restore-from: accept a backup that has no
+    /// manifest (made by an older provision, or a tar made by hand). Only
+    /// its tar structure is checked then, not its size and SHA-256.
+    #[arg(long, global = true)]
+    pub unverified: bool,
+
     /// Remove a stale run lock on the hosts first (the run that held it is gone).
     #[arg(long, global = true)]
     pub break_lock: bool,
@@ -92,6 +98,10 @@ pub enum Command {
         /// Default: STATE_DIR/backups/HOST-YYYYMMDDTHHMMSSZ.tar
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Keep a backup even when a volume holds no file at all (by
+        /// default that fails: the service's data is likely elsewhere).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Stream a backup file back into a host's volumes (replacing their content).
     Restore {
@@ -122,16 +132,22 @@ pub fn run() -> i32 {
             with_inventory(&cli, |inv| async move { down(&inv, volumes).await })
         }
         Some(Command::Status) => with_inventory(&cli, |inv| async move { status(&inv).await }),
-        Some(Command::Backup { target, output }) => {
+        Some(Command::Backup {
+            target,
+            output,
+            allow_empty,
+        }) => {
             let lock = lock_policy(&cli);
+            let allow_empty = *allow_empty;
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::backup(&inv, target, output.as_deref(), lock).await
+                crate::volume_cli::backup(&inv, target, output.as_deref(), allow_empty, lock).await
             })
         }
         Some(Command::Restore { target, file }) => {
             let lock = lock_policy(&cli);
+            let unverified = cli.unverified;
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::restore(&inv, target, file, lock).await
+                crate::volume_cli::restore(&inv, target, file, unverified, lock).await
             })
         }
         Some(Command::Migrate { volume, from, to }) => {
@@ -314,11 +330,19 @@ fn run_options(cli: &Cli, inv: &Inventory) -> Result<crate::executor::Options, S
         } else {
             from.clone()
         };
-        let volumes = crate::backup::archive_volumes(&file)?;
+        // The whole file is checked before any host is touched.
+        let checked = crate::backup::check_backup(&file, cli.unverified)?;
+        if checked.manifest.is_none() {
+            eprintln!(
+                "warning: --restore-from: {} has no manifest: only its tar structure was checked (--unverified)",
+                file.display()
+            );
+        }
         opts.restore = Some(crate::executor::Restore {
             host: host.clone(),
             file,
-            volumes,
+            volumes: checked.volumes.clone(),
+            checked,
         });
     }
     Ok(opts)

@@ -8,7 +8,7 @@ set -eu
 PGDATA=/var/lib/postgresql/data
 DB_NAME='{{ db_name }}'
 DB_USER='{{ db_user }}'
-HBA=/etc/provision/postgis/pg_hba.conf
+HBA=/etc/provision/live/pg_hba.conf
 
 as_postgres() {
     setpriv --reuid=postgres --regid=postgres --init-groups "$@"
