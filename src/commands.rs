@@ -837,6 +837,7 @@ mod tests {
                 volume: "data".into(),
                 path: "/data".into(),
                 read_only: true,
+                implied: false,
             }],
             binds: vec![],
             volumes_from: vec!["pg-store".into()],

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::data_paths;
 use crate::diagnostics::{suggest, Diagnostic};
 use crate::inventory::{self, Inventory};
 use crate::secrets::{self, Generate, Secrets};
@@ -145,6 +146,20 @@ pub fn load(
                 format!("app source folder {} does not exist", p.display()),
                 Some("point app.source at your Rails app, or at a tarball URL".into()),
             ));
+        }
+    }
+
+    let mut inv = inv;
+    if problems.is_empty() {
+        match data_paths::check(&inv, &loaded_templates) {
+            Ok(implied) => {
+                for v in implied {
+                    if let Some(s) = inv.services.iter_mut().find(|s| s.name == v.service) {
+                        s.volumes.push(v.mount);
+                    }
+                }
+            }
+            Err(mut d) => problems.append(&mut d),
         }
     }
 

@@ -2,7 +2,7 @@
 //! commands and the condition under which it runs. Pure: no host is asked
 //! anything here; the executor checks conditions against one probe per host.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -190,17 +190,28 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             bases: vec![],
             follows: vec![],
         });
-        let volumes: BTreeSet<&str> = services
-            .iter()
-            .flat_map(|s| s.volumes.iter().map(|v| v.volume.as_str()))
-            .collect();
-        for v in volumes {
+        // Each volume once, saying why provision added the implied ones.
+        let mut volumes: BTreeMap<&str, String> = BTreeMap::new();
+        for s in &services {
+            for v in &s.volumes {
+                let why = if v.implied {
+                    format!(
+                        "volume {} (for {}'s data at {}, which hosts.toml does not mount)",
+                        v.volume, s.name, v.path
+                    )
+                } else {
+                    format!("volume {}", v.volume)
+                };
+                volumes.entry(v.volume.as_str()).or_insert(why);
+            }
+        }
+        for (v, summary) in volumes {
             steps.push(Step {
                 id: id(&format!("volume/{v}")),
                 host: host.name.clone(),
                 service: None,
                 kind: StepKind::Volume,
-                summary: format!("volume {v}"),
+                summary,
                 needs: vec![docker.clone()],
                 when: Condition::VolumeMissing {
                     name: v.to_string(),

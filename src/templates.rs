@@ -33,6 +33,11 @@ pub struct Manifest {
     /// The app source is copied into the build context under `app/`.
     #[serde(default)]
     pub app: bool,
+    /// Paths in the container where the service keeps its data (its
+    /// image's VOLUMEs): each gets a named volume unless hosts.toml mounts
+    /// one there.
+    #[serde(default)]
+    pub data: Vec<String>,
     #[serde(default)]
     pub vars: IndexMap<String, VarSpec>,
     /// Environment given to services that use this one, rendered with the

@@ -231,3 +231,75 @@ fn a_template_using_an_undefined_variable_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mount_that_hides_a_data_path_is_refused_naming_both_paths() {
+    // Tried as a new user would: the image keeps the cluster in
+    // /var/lib/postgresql/data, so a volume one level up stays empty while
+    // the data goes to an anonymous volume.
+    let text = shipped().replace(
+        "volumes = [\"pgdata:/var/lib/postgresql/data\"]",
+        "volumes = [\"pgdata:/var/lib/postgresql\"]",
+    );
+    let line = text
+        .lines()
+        .position(|l| l.contains("pgdata:/var/lib/postgresql\""))
+        .unwrap()
+        + 1;
+    let dir = project(&text);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        err.contains(&format!("hosts.toml:{line}:")),
+        "line {line}: {err}"
+    );
+    assert!(err.contains("services.postgis.volumes[0]"), "{err}");
+    assert!(
+        err.contains("`/var/lib/postgresql` is a parent of `/var/lib/postgresql/data`"),
+        "{err}"
+    );
+    assert!(err.contains("anonymous volume"), "{err}");
+
+    // A mount inside the data path hides part of it just the same.
+    let inside = shipped().replace(
+        "volumes = [\"pgdata:/var/lib/postgresql/data\"]",
+        "volumes = [\"pgdata:/var/lib/postgresql/data/base\"]",
+    );
+    let dir = project(&inside);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is inside `/var/lib/postgresql/data`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_data_path_nothing_mounts_gets_a_named_volume_and_the_plan_says_so() {
+    let text = shipped().replace("volumes = [\"pgdata:/var/lib/postgresql/data\"]\n", "");
+    let dir = project(&text);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        plan.contains(
+            "volume postgis-data (for postgis's data at /var/lib/postgresql/data, which hosts.toml does not mount)"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("--volume postgis-data:/var/lib/postgresql/data"),
+        "{plan}"
+    );
+    // Volumes the user mounts are left as they are.
+    assert!(plan.contains("--volume redis-data:/data"), "{plan}");
+    assert!(!plan.contains("redis-data-auto"), "{plan}");
+}

@@ -160,6 +160,10 @@ pub struct VolumeMount {
     pub volume: String,
     pub path: String,
     pub read_only: bool,
+    /// Added by provision for a template's data path that hosts.toml does
+    /// not mount (see `data_paths`), never written by the user.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub implied: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1198,5 +1198,6 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
         volume: name.into(),
         path: path.into(),
         read_only,
+        implied: false,
     })
 }
