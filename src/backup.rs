@@ -56,7 +56,7 @@ pub struct Manifest {
     pub services: Vec<String>,
     pub host: String,
     pub address: String,
-    /// UTC, `YYYYMMDDTHHMMSSZ`.
+    /// When the copy started, UTC (`YYYY-MM-DDTHH:MM:SSZ`).
     pub created: String,
     /// The provision that wrote it.
     pub provision: String,
@@ -203,6 +203,7 @@ pub async fn backup_to_file(
         tally: tally.clone(),
     };
     let line = commands::backup_volumes(volumes, DATA_IMAGE, restart);
+    let started = now_secs();
     let out = t
         .exec(
             Exec::new(line)
@@ -223,7 +224,7 @@ pub async fn backup_to_file(
             "backup of {} on {} failed: {}",
             volumes.join(", "),
             t.name(),
-            out.stderr_str().trim()
+            why_failed(&out)
         ));
     }
     let (size, sha256) = tally.lock().unwrap().digest();
@@ -254,7 +255,7 @@ pub async fn backup_to_file(
         services: origin.services.clone(),
         host: origin.host.clone(),
         address: origin.address.clone(),
-        created: utc_stamp(now_secs()),
+        created: utc_iso(started),
         provision: env!("CARGO_PKG_VERSION").to_string(),
     };
     let mpath = manifest_path(path);
@@ -283,6 +284,18 @@ pub async fn backup_to_file(
 pub fn remove_backup(path: &Path) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(manifest_path(path));
+}
+
+/// A failed command in a few words: its error output, or how it ended.
+fn why_failed(out: &crate::transport::ExecOutput) -> String {
+    let err = out.stderr_str();
+    let err = err.trim();
+    match (&out.signal, out.status) {
+        _ if !err.is_empty() => err.to_string(),
+        (Some(sig), _) => format!("the copy was killed (SIG{sig}) on the host"),
+        (None, Some(code)) => format!("exit status {code}"),
+        (None, None) => "it ended without an exit status".into(),
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -352,7 +365,7 @@ pub fn check_backup(path: &Path, unverified: bool) -> Result<Checked, String> {
     if let Some(m) = &manifest {
         if size != m.size {
             return Err(format!(
-                "{shown} is {size} bytes but its manifest says {}: the file is {} ; {refused}",
+                "{shown} is {size} bytes but its manifest says {}: the file is {}; {refused}",
                 m.size,
                 if size < m.size {
                     "truncated"
@@ -518,7 +531,7 @@ async fn swap_if_whole(
         Err(format!(
             "swapping volume {volume} on {} failed: {}",
             t.name(),
-            out.stderr_str().trim()
+            why_failed(&out)
         ))
     }
 }
@@ -556,7 +569,7 @@ pub async fn restore_from_file(
         return Err(format!(
             "restore of volume {volume} on {} failed: {}",
             t.name(),
-            out.stderr_str().trim()
+            why_failed(&out)
         ));
     }
     swap_if_whole(
@@ -620,7 +633,7 @@ pub async fn migrate(
             return Err(format!(
                 "reading volume {volume} on {} failed: {}; volume on {} left as it was",
                 from.name(),
-                o.stderr_str().trim(),
+                why_failed(&o),
                 to.name()
             ));
         }
@@ -644,7 +657,7 @@ pub async fn migrate(
         return Err(format!(
             "writing volume {volume} on {} failed: {}",
             to.name(),
-            received_out.stderr_str().trim()
+            why_failed(&received_out)
         ));
     }
     let sent_digest = tally.lock().unwrap().digest();
@@ -697,6 +710,20 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (UTC).
+pub fn utc_iso(secs: u64) -> String {
+    let s = utc_stamp(secs);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
 /// `YYYYMMDDTHHMMSSZ` for seconds since the epoch (UTC).
 pub fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -728,6 +755,7 @@ mod tests {
         assert_eq!(utc_stamp(0), "19700101T000000Z");
         assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
         assert_eq!(utc_stamp(1_704_067_199), "20231231T235959Z");
+        assert_eq!(utc_iso(1_704_067_199), "2023-12-31T23:59:59Z");
     }
 
     #[test]
@@ -750,6 +778,95 @@ mod tests {
             "db-20240301T000000Z.tar"
         );
         assert!(latest_backup(dir.path(), "cache").is_none());
+    }
+
+    /// A backup file and its manifest as [`backup_to_file`] leaves them.
+    fn backup_with_manifest(dir: &Path, files: &[(&str, &[u8])]) -> (PathBuf, Vec<u8>) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append_data(&mut h, p, *body).unwrap();
+        }
+        let bytes = b.into_inner().unwrap();
+        let path = dir.join("db.tar");
+        std::fs::write(&path, &bytes).unwrap();
+        let m = Manifest {
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            volumes: vec!["pgdata".into()],
+            empty_volumes: vec![],
+            services: vec!["postgis".into()],
+            host: "db".into(),
+            address: "10.0.0.2".into(),
+            created: utc_iso(0),
+            provision: "test".into(),
+        };
+        std::fs::write(manifest_path(&path), serde_json::to_string(&m).unwrap()).unwrap();
+        (path, bytes)
+    }
+
+    #[test]
+    fn a_backup_is_checked_against_its_manifest_and_its_end_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = [1u8; 3000];
+        let (path, bytes) = backup_with_manifest(
+            dir.path(),
+            &[("pgdata/PG_VERSION", b"15\n"), ("pgdata/base/1", &big)],
+        );
+        let ok = check_backup(&path, false).unwrap();
+        assert_eq!(ok.volumes, ["pgdata"]);
+        assert_eq!(ok.size, bytes.len() as u64);
+        // Cut right after the first member (1024 bytes): truncated.
+        std::fs::write(&path, &bytes[..1024]).unwrap();
+        let e = check_backup(&path, false).unwrap_err();
+        assert!(
+            e.contains("truncated") && e.contains("nothing was touched"),
+            "{e}"
+        );
+        // Without its manifest only --unverified reads it, and the missing
+        // end-of-archive blocks still give the cut away.
+        std::fs::remove_file(manifest_path(&path)).unwrap();
+        let e = check_backup(&path, false).unwrap_err();
+        assert!(
+            e.contains("no manifest") && e.contains("--unverified"),
+            "{e}"
+        );
+        let e = check_backup(&path, true).unwrap_err();
+        assert!(e.contains("end-of-archive"), "{e}");
+        // One flipped byte in a file's data: corrupted.
+        let (path, mut bytes) = backup_with_manifest(dir.path(), &[("pgdata/base/1", &big)]);
+        bytes[600] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = check_backup(&path, false).unwrap_err();
+        assert!(e.contains("corrupted"), "{e}");
+    }
+
+    #[test]
+    fn a_volume_with_folders_only_counts_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (p, kind) in [
+            ("empty/", tar::EntryType::Directory),
+            ("empty/data/", tar::EntryType::Directory),
+            ("full/", tar::EntryType::Directory),
+            ("full/x", tar::EntryType::Regular),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(0o700);
+            h.set_cksum();
+            b.append_data(&mut h, p, &b""[..]).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let scan = scan_archive(&path).unwrap();
+        assert_eq!(scan.volumes(), ["empty", "full"]);
+        assert_eq!((scan.files_in("empty"), scan.files_in("full")), (0, 1));
     }
 
     #[test]

@@ -461,7 +461,7 @@ pub fn install_live(
     line_for_marker: &str,
 ) -> String {
     let q = |s: &str| shell(&[s.to_string()]);
-    let mut lines = vec!["set -e".to_string(), format!("mkdir -p {}", q(dir))];
+    let mut lines = vec![format!("mkdir -p {}", q(dir))];
     if files.iter().any(|f| f.gateway) {
         lines.push(format!(
             "gws=$({})",
@@ -475,7 +475,7 @@ pub fn install_live(
             ]))
         ));
         lines.push(format!(
-            "[ -n \"$(echo $gws)\" ] || {{ echo {} >&2; exit 3; }}",
+            "{{ [ -n \"$(echo $gws)\" ] || {{ echo {} >&2; exit 3; }}; }}",
             q(&format!(
                 "network {network} has no gateway address to refuse"
             ))
@@ -511,7 +511,7 @@ pub fn install_live(
         q(line_for_marker),
         q(marker)
     ));
-    lines.join("\n")
+    and(&lines)
 }
 
 /// Where a volume is mounted inside the throwaway container that reads or
@@ -1102,6 +1102,64 @@ mod tests {
         assert_eq!(std::fs::read(vol.join("a")).unwrap(), b"first");
         assert_eq!(std::fs::read(vol.join("b")).unwrap(), vec![7u8; 2000]);
         assert!(!vol.join(STAGING_DIR).exists() && !vol.join(OLD_DIR).exists());
+    }
+
+    #[test]
+    fn live_files_refuse_each_gateway_and_are_swapped_in_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let staged = format!("{d}/.incoming-postgis");
+        std::fs::create_dir(&staged).unwrap();
+        let token = crate::templates::NETWORK_GATEWAY_TOKEN;
+        std::fs::write(
+            format!("{staged}/pg_hba.conf"),
+            format!("local all all peer\nhost all all {token}  reject\nhost all all samenet scram-sha-256\n"),
+        )
+        .unwrap();
+        let line = install_live(
+            &staged,
+            &format!("{d}/postgis"),
+            &format!("{d}/postgis.hash"),
+            &[LiveFile {
+                name: "pg_hba.conf",
+                gateway: true,
+            }],
+            "pg",
+            "pg-postgis",
+            "HUP",
+            "postgis v1",
+        );
+        // The text logic only: Docker's answers stand in for the host's.
+        let stub = "docker() { case \"$1\" in network) echo '172.18.0.1 fd00:1::1 ';; *) echo false;; esac; }";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{stub}\n{line}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(format!("{d}/postgis/pg_hba.conf")).unwrap(),
+            "local all all peer\nhost all all 172.18.0.1/32  reject\nhost all all fd00:1::1/128  reject\n\
+             host all all samenet scram-sha-256\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{d}/postgis.hash")).unwrap(),
+            "postgis v1\n"
+        );
+        assert!(!std::path::Path::new(&staged).exists());
+        // No gateway: the step fails and installs nothing that would admit it.
+        std::fs::create_dir(&staged).unwrap();
+        std::fs::write(format!("{staged}/pg_hba.conf"), format!("{token}\n")).unwrap();
+        let stub = "docker() { echo ' '; }";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{stub}\n{line}"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(std::fs::read_to_string(format!("{d}/postgis/pg_hba.conf"))
+            .unwrap()
+            .contains("172.18.0.1/32"));
     }
 
     #[test]

@@ -686,6 +686,7 @@ fn service_steps(
             volume: dir.clone(),
             path: live.mount.clone(),
             read_only: true,
+            implied: false,
         });
         let token = crate::templates::NETWORK_GATEWAY_TOKEN.as_bytes();
         let listed: Vec<commands::LiveFile> = live_files
