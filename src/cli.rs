@@ -90,8 +90,9 @@ pub enum Command {
     },
     /// Show each machine and service.
     Status,
-    /// Stream a tar of a host's volumes (or one volume) to a local file.
-    /// Containers using them are stopped for the copy and started again.
+    /// Stream a tar of a host's volumes (or one volume) to a local file, with
+    /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
+    /// Containers using them are stopped for the copy and always started again.
     Backup {
         /// HOST (every volume its services mount) or HOST:VOLUME.
         target: String,
@@ -103,14 +104,17 @@ pub enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Stream a backup file back into a host's volumes (replacing their content).
+    /// Stream a backup file back into a host's volumes (replacing their
+    /// content), once the file matches its manifest; the host swaps only when
+    /// what it received has the file's size and SHA-256.
     Restore {
         /// HOST (every volume in the file) or HOST:VOLUME.
         target: String,
         file: PathBuf,
     },
     /// Copy a volume from one host to another, streamed through this
-    /// computer (no temporary file).
+    /// computer (no temporary file); the receiving host swaps only when the
+    /// size and SHA-256 of what it received match what was sent.
     Migrate {
         volume: String,
         #[arg(long, value_name = "HOST")]

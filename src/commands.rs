@@ -575,7 +575,8 @@ fn with_users_stopped(volumes: &[String], body: &str, restart: bool, helper: &st
         "command -v setsid >/dev/null || { echo 'setsid (util-linux) is missing on this host' >&2; exit 5; }".to_string(),
         format!("ids=$({})", shell(&ps)),
         "finished=no".into(),
-        "told_done() { [ -z \"$ids\" ] || echo done >&9; }".into(),
+        // A watcher gone (it cannot be) must not fail a finished copy.
+        "told_done() { [ -z \"$ids\" ] || echo done >&9 2>/dev/null || true; }".into(),
         "started_again() { [ -z \"$ids\" ] || { docker start $ids >/dev/null && told_done; }; }".into(),
         "if [ -n \"$ids\" ]; then".into(),
         "  w=$(mktemp -d) && mkfifo \"$w/f\"".into(),
