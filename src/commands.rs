@@ -118,7 +118,7 @@ pub fn probe(project: &str, bases: &[String]) -> String {
         .collect();
     let unpullable = shell(&[unpullable_file(project)]);
     let config = live_markers(project);
-    let chain = firewall_chain(project);
+    let chain = crate::firewall::forward_chain(project);
     let firewall = format!(
         "{} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked",
         shell(&argv(["iptables", "-w", "-S", &chain])),
@@ -144,7 +144,7 @@ pub fn probe(project: &str, bases: &[String]) -> String {
 /// The part of the probe the Docker API cannot answer: the firewall chain,
 /// images the host failed to pull, and the host's clock.
 pub fn probe_extras(project: &str) -> String {
-    let chain = firewall_chain(project);
+    let chain = crate::firewall::forward_chain(project);
     format!(
         "echo '@firewall'; {} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked; \
          echo '@unpullable'; cat {} 2>/dev/null; echo '@config'; cat {} 2>/dev/null; echo \"@now $(date +%s)\"; true",
@@ -305,6 +305,9 @@ pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
     for p in &spec.publish {
         a.push("--publish".into());
         a.push(match &spec.bind_address {
+            Some(addr) if addr.contains(':') => {
+                format!("[{addr}]:{}:{}", p.host_port, p.container_port)
+            }
             Some(addr) => format!("{addr}:{}:{}", p.host_port, p.container_port),
             None => format!("{}:{}", p.host_port, p.container_port),
         });
@@ -363,76 +366,6 @@ pub fn exec_in(container: &str, probe: &[String]) -> Vec<String> {
     let mut a = argv(["docker", "exec", container]);
     a.extend(probe.iter().cloned());
     a
-}
-
-/// Firewall for published ports used from other hosts: only the listed
-/// client addresses may open connections to `host_address:port`. Rules go in
-/// the project's own chain, hooked into Docker's DOCKER-USER chain, and are
-/// rewritten whole each time, so a changed client address replaces the old.
-/// `--ctdir ORIGINAL` keeps the container's replies flowing (see LAB.md).
-pub fn firewall(
-    project: &str,
-    host_address: &str,
-    ports: &[(u16, Vec<String>)],
-    marker: &str,
-) -> String {
-    let chain = firewall_chain(project);
-    let ipt = |rest: &[&str]| {
-        let mut a = vec!["iptables".to_string(), "-w".into()];
-        a.extend(rest.iter().map(|s| s.to_string()));
-        shell(&a)
-    };
-    let mut lines = vec![
-        format!("{} 2>/dev/null || true", ipt(&["-N", &chain])),
-        ipt(&["-F", &chain]),
-        // The probe reads this marker back to tell whether the rules are current.
-        ipt(&[
-            "-A",
-            &chain,
-            "-m",
-            "comment",
-            "--comment",
-            &format!("provision {marker}"),
-        ]),
-    ];
-    for (port, clients) in ports {
-        let port = port.to_string();
-        let base = [
-            "-A",
-            &chain,
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctorigdst",
-            host_address,
-            "--ctorigdstport",
-            &port,
-            "--ctdir",
-            "ORIGINAL",
-        ];
-        for c in clients {
-            let mut r: Vec<&str> = base.to_vec();
-            r.extend(["-s", c.as_str(), "-j", "RETURN"]);
-            lines.push(ipt(&r));
-        }
-        let mut r: Vec<&str> = base.to_vec();
-        r.extend(["-j", "DROP"]);
-        lines.push(ipt(&r));
-    }
-    lines.push(format!(
-        "{{ {} 2>/dev/null || {}; }}",
-        ipt(&["-C", "DOCKER-USER", "-j", &chain]),
-        ipt(&["-I", "DOCKER-USER", "-j", &chain])
-    ));
-    and(&lines)
-}
-
-pub fn firewall_chain(project: &str) -> String {
-    // iptables chain names are at most 28 characters.
-    let mut c = format!("PV-{project}");
-    c.truncate(28);
-    c
 }
 
 /// One live file to install: its name and whether its lines carry
@@ -1180,19 +1113,6 @@ mod tests {
         assert_eq!(
             audit_append("pg", "me\tprovision up\nx\tok"),
             "mkdir -p /var/lib/provision/pg && printf '%s\\t%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" 'me\tprovision up x\tok' >> /var/lib/provision/pg/audit.log"
-        );
-    }
-
-    #[test]
-    fn firewall_allows_clients_then_drops() {
-        let f = firewall("pg", "10.0.0.2", &[(5432, vec!["10.0.0.1".into()])], "abc");
-        assert_eq!(
-            f,
-            "iptables -w -N PV-pg 2>/dev/null || true && iptables -w -F PV-pg && \
-             iptables -w -A PV-pg -m comment --comment 'provision abc' && \
-             iptables -w -A PV-pg -p tcp -m conntrack --ctorigdst 10.0.0.2 --ctorigdstport 5432 --ctdir ORIGINAL -s 10.0.0.1 -j RETURN && \
-             iptables -w -A PV-pg -p tcp -m conntrack --ctorigdst 10.0.0.2 --ctorigdstport 5432 --ctdir ORIGINAL -j DROP && \
-             { iptables -w -C DOCKER-USER -j PV-pg 2>/dev/null || iptables -w -I DOCKER-USER -j PV-pg; }"
         );
     }
 }

@@ -775,16 +775,31 @@ fn last_line(s: &str) -> String {
 }
 
 /// A failure message: the command's first word and the tail of its error
-/// output (never the whole line, which may be long).
+/// output (never the whole line, which may be long). Where the cause went
+/// to stdout (`docker build` prints a RUN's own errors there, and only
+/// "returned a non-zero code" on stderr), its last error lines come first.
 fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> String {
     let what = crate::transport::command_label(line);
+    let mut tail: Vec<&str> = Vec::new();
+    if !stderr.trim().is_empty() {
+        let errorish = |l: &&str| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("e: ")
+                || l.contains("error")
+                || l.contains("no space left")
+                || l.contains("failed")
+        };
+        let causes: Vec<&str> = stdout.lines().filter(errorish).collect();
+        tail.extend(&causes[causes.len().saturating_sub(3)..]);
+    }
     let text = if stderr.trim().is_empty() {
         stdout
     } else {
         stderr
     };
-    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = tail[tail.len().saturating_sub(5)..].join("\n    ");
+    let rest: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    tail.extend(&rest[rest.len().saturating_sub(5)..]);
+    let tail = tail.join("\n    ");
     format!(
         "`{what}` exited with {}{}",
         status
@@ -863,6 +878,16 @@ pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::plan::Condition;
+
+    #[test]
+    fn a_build_failure_shows_the_cause_its_run_printed() {
+        let stdout = "Unpacking libllvm14 ...\ndpkg: error processing archive x.deb (--unpack):\n cannot copy extracted data for './usr/lib/x.so' to '/usr/lib/x.so.dpkg-new': failed to write (No space left on device)\nErrors were encountered while processing:\n x.deb\n";
+        let stderr = "The command '/bin/sh -c apt-get install postgresql-15' returned a non-zero code: 100\n";
+        let f = failure("docker build --tag x .", stderr, stdout, Some(100));
+        assert!(f.contains("No space left on device"), "{f}");
+        assert!(f.ends_with("returned a non-zero code: 100"), "{f}");
+        assert!(f.starts_with("`docker` exited with 100"), "{f}");
+    }
 
     fn step(id: &str, kind: StepKind, needs: &[&str]) -> Step {
         Step {

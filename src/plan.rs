@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::commands::{self, shell, RunSpec};
 use crate::diagnostics::Diagnostic;
+use crate::firewall;
 use crate::inventory::{AppSource, Inventory, Service};
 use crate::load::Loaded;
+use crate::reach::{self, PortReach, Reach};
 use crate::secrets::MASK;
 use crate::templates::{ContextFile, RenderInput, UsedService};
 
@@ -25,6 +27,8 @@ pub struct Plan {
 pub struct HostPlan {
     pub host: String,
     pub address: String,
+    /// Its published ports, where they listen and who may connect.
+    pub ports: Vec<PortReach>,
     pub steps: Vec<Step>,
 }
 
@@ -164,10 +168,18 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             bases: vec![],
             follows: vec![],
         });
+        let mut ports = Vec::new();
+        for s in &services {
+            match reach::of_service(inv, s) {
+                Ok(r) => ports.extend(r),
+                Err(d) => problems.push(d),
+            }
+        }
         if services.is_empty() && !inv.data.iter().any(|d| d.host == host.name) {
             hosts.push(HostPlan {
                 host: host.name.clone(),
                 address: host.address.clone(),
+                ports,
                 steps,
             });
             continue;
@@ -245,25 +257,33 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             });
         }
 
-        // Only the hosts that use a published port may reach it.
-        let mut guarded: Vec<(u16, Vec<String>)> = Vec::new();
+        // Only the admitted peers of a published port may reach it.
+        let guards: Vec<firewall::Guard> = ports
+            .iter()
+            .filter_map(|r| match (&r.from, &r.bind) {
+                (Reach::Only { peers }, Some(bind)) => Some(firewall::Guard {
+                    port: r.host_port,
+                    bind: bind.clone(),
+                    allowed: peers.iter().map(|p| p.address.clone()).collect(),
+                }),
+                _ => None,
+            })
+            .collect();
+        // The hosts whose addresses these rules hold: `--only` of one of
+        // them runs this step too.
         let mut followed: Vec<String> = Vec::new();
-        for s in &services {
-            let clients = clients(inv, s);
-            if clients.is_empty() {
-                continue;
-            }
-            for h in client_hosts(inv, s) {
-                if !followed.contains(&h) {
-                    followed.push(h);
+        for r in &ports {
+            if let Reach::Only { peers } = &r.from {
+                for p in peers.iter().filter(|p| inv.host(&p.name).is_some()) {
+                    if !followed.contains(&p.name) {
+                        followed.push(p.name.clone());
+                    }
                 }
             }
-            for p in &s.publish {
-                guarded.push((p.host_port, clients.clone()));
-            }
         }
-        if !guarded.is_empty() {
-            let marker = hash_str(&format!("{}{guarded:?}", host.address))[..16].to_string();
+        if !guards.is_empty() {
+            let probe_files = firewall::files(&project, &guards, "");
+            let marker = context_hash(&probe_files)[..16].to_string();
             steps.push(Step {
                 id: id("firewall"),
                 host: host.name.clone(),
@@ -271,9 +291,9 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 kind: StepKind::Firewall,
                 summary: format!(
                     "firewall: {}",
-                    guarded
+                    guards
                         .iter()
-                        .map(|(p, c)| format!("port {p} only from {}", c.join(", ")))
+                        .map(|g| format!("port {} only from {}", g.port, g.allowed.join(", ")))
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
@@ -281,9 +301,16 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 when: Condition::FirewallDiffers {
                     marker: marker.clone(),
                 },
-                actions: vec![Action::Run {
-                    line: commands::firewall(&project, &host.address, &guarded, &marker),
-                }],
+                actions: vec![
+                    Action::Upload {
+                        dir: firewall::staging_dir(&project),
+                        shown: "rules for IPv4 and IPv6, the script that applies them, the docker.service drop-in".into(),
+                        files: firewall::files(&project, &guards, &marker),
+                    },
+                    Action::Run {
+                        line: firewall::apply_line(&project),
+                    },
+                ],
                 upstream: false,
                 bases: vec![],
                 follows: followed,
@@ -308,6 +335,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
         hosts.push(HostPlan {
             host: host.name.clone(),
             address: host.address.clone(),
+            ports,
             steps,
         });
     }
@@ -361,31 +389,19 @@ pub fn start_order(inv: &Inventory) -> Vec<String> {
 
 /// Addresses of the other hosts whose services use `s`.
 pub fn clients(inv: &Inventory, s: &Service) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for c in &inv.services {
-        let uses = c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name);
-        if uses && c.host != s.host {
-            if let Some(h) = inv.host(&c.host) {
-                if !out.contains(&h.address) {
-                    out.push(h.address.clone());
-                }
-            }
-        }
-    }
-    out
+    reach::users(inv, s)
+        .into_iter()
+        .map(|h| h.wire_address().to_string())
+        .collect()
 }
 
 /// Names of the other hosts whose services use `s` (the hosts behind
 /// [`clients`]).
 pub fn client_hosts(inv: &Inventory, s: &Service) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for c in &inv.services {
-        let uses = c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name);
-        if uses && c.host != s.host && !out.contains(&c.host) {
-            out.push(c.host.clone());
-        }
-    }
-    out
+    reach::users(inv, s)
+        .into_iter()
+        .map(|h| h.name.clone())
+        .collect()
 }
 
 /// Services on `s`'s own host that use it.
@@ -422,7 +438,10 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
             .iter()
             .find(|p| Some(p.container_port) == listen)
             .or(provider.publish.first())?;
-        Some(UsedService::new(host.address.clone(), p.host_port))
+        Some(UsedService::new(
+            host.wire_address().to_string(),
+            p.host_port,
+        ))
     }
 }
 
@@ -649,7 +668,7 @@ fn service_steps(
                 Some(p) if provider.host == s.host => Some(format!("127.0.0.1:{}", p.host_port)),
                 Some(p) => inv
                     .host(&provider.host)
-                    .map(|h| format!("{}:{}", h.address, p.host_port)),
+                    .map(|h| format!("{}:{}", h.wire_address(), p.host_port)),
                 None => {
                     return Err(inv.diagnostic(
                         &format!("services.{}.logs_to", s.name),
@@ -753,7 +772,8 @@ fn service_steps(
         container: container.clone(),
         image: tag.clone(),
         network: project.clone(),
-        bind_address: None,
+        // Reported with the host's ports when it cannot be told.
+        bind_address: reach::bind_address(inv, s).ok().flatten(),
         publish: s.publish.clone(),
         volumes: s.volumes.clone(),
         binds,
@@ -799,7 +819,10 @@ fn service_steps(
     for d in &s.volumes_from {
         needs.push(format!("{}/data/{d}", s.host));
     }
-    if !clients(inv, s).is_empty() {
+    let guarded = reach::of_service(inv, s)
+        .map(|ports| ports.iter().any(|r| matches!(r.from, Reach::Only { .. })))
+        .unwrap_or(false);
+    if guarded {
         needs.push(format!("{}/firewall", s.host));
     }
     let run = Step {

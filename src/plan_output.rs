@@ -21,6 +21,12 @@ pub fn text(plan: &Plan) -> String {
     );
     for h in &plan.hosts {
         let _ = writeln!(out, "\nhost {} ({})", h.host, h.address);
+        if !h.ports.is_empty() {
+            let _ = writeln!(out, "  published ports, and who may connect:");
+            for r in &h.ports {
+                let _ = writeln!(out, "    {}", crate::reach::describe(r));
+            }
+        }
         for (i, s) in h.steps.iter().enumerate() {
             let _ = writeln!(
                 out,

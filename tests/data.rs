@@ -141,6 +141,7 @@ env = {{ RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1" }}
 host = "web"
 template = "nginx"
 publish = ["80"]
+public = true
 uses = ["rails"]
 "#,
             project = self.project,

@@ -279,6 +279,7 @@ env = {{ RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1" }}
 host = "web"
 template = "nginx"
 publish = ["80"]
+public = true
 uses = ["rails"]
 vars = {{ worker_connections = {nginx_workers} }}
 "#,
@@ -991,7 +992,11 @@ fn faults_secrets_and_concurrent_runs() {
     let d = lab.provision(&[]);
     assert_eq!(d.code, Some(1));
     let failed: Vec<&str> = d.stdout.lines().filter(|l| l.contains("FAILED")).collect();
-    assert!(d.stdout.contains("no space left on device"), "{}", d.stdout);
+    assert!(
+        d.stdout.to_lowercase().contains("no space left on device"),
+        "{}",
+        d.stdout
+    );
     assert!(
         failed
             .iter()

@@ -95,6 +95,9 @@ pub enum DockerSource {
 pub struct Host {
     pub name: String,
     pub address: String,
+    /// The address the other hosts reach this one at (a private network);
+    /// wiring and the published ports they use go there. `None`: `address`.
+    pub private_address: Option<String>,
     pub port: u16,
     pub user: String,
     pub identity: Option<PathBuf>,
@@ -184,6 +187,9 @@ pub struct Service {
     pub after: Vec<String>,
     /// The fluentd service this one logs to through Docker's log driver.
     pub logs_to: Option<String>,
+    /// Its published ports are open to anyone; otherwise only to the hosts
+    /// whose services use it and to this computer's forwards.
+    pub public: bool,
 }
 
 impl Service {
@@ -201,6 +207,13 @@ pub struct DataContainer {
     pub name: String,
     pub host: String,
     pub paths: Vec<String>,
+}
+
+impl Host {
+    /// The address other hosts use to reach this one.
+    pub fn wire_address(&self) -> &str {
+        self.private_address.as_deref().unwrap_or(&self.address)
+    }
 }
 
 impl Inventory {

@@ -20,6 +20,7 @@ const APP_KEYS: &[&str] = &["source", "token"];
 const SECRET_KEYS: &[&str] = &["generate"];
 const HOST_KEYS: &[&str] = &[
     "address",
+    "private_address",
     "port",
     "user",
     "identity",
@@ -44,6 +45,7 @@ const SERVICE_KEYS: &[&str] = &[
     "uses",
     "after",
     "logs_to",
+    "public",
 ];
 const DATA_KEYS: &[&str] = &["host", "paths"];
 
@@ -440,6 +442,18 @@ impl<'s> Reader<'s> {
                     .error(self.spans[&p].clone(), p, format!("invalid address `{a}`"));
             }
         }
+        let private_address = self.nonempty_string(t, "private_address", path);
+        if let Some(a) = &private_address {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                let p = join(path, "private_address");
+                self.c.error_with_hint(
+                    self.spans[&p].clone(),
+                    p,
+                    format!("`{a}` is not an IP address"),
+                    "the address the other hosts reach this one at, e.g. private_address = \"10.0.0.5\" or \"fd00::5\"",
+                );
+            }
+        }
         let port = self.port(t, "port", path).unwrap_or(22);
         let user = self
             .nonempty_string(t, "user", path)
@@ -546,6 +560,7 @@ impl<'s> Reader<'s> {
         Some(Host {
             name,
             address: address?,
+            private_address,
             port,
             user,
             identity,
@@ -866,6 +881,7 @@ impl<'s> Reader<'s> {
         let uses = self.names(t, "uses", path);
         let after = self.names(t, "after", path);
         let logs_to = self.nonempty_string(t, "logs_to", path);
+        let public = self.boolean(t, "public", path).unwrap_or(false);
 
         Some(Service {
             name,
@@ -880,6 +896,7 @@ impl<'s> Reader<'s> {
             uses,
             after,
             logs_to,
+            public,
         })
     }
 

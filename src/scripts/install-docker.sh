@@ -57,10 +57,22 @@ if ! command -v dockerd >/dev/null 2>&1; then
     esac
 fi
 
+# Published ports stay closed across a reboot: the firewall rules provision
+# keeps go back in before dockerd publishes anything (with systemd, its
+# docker.service drop-in does the same). A rule set that fails keeps dockerd
+# down rather than publishing a port unguarded.
+restore_firewalls() {
+    for f in /var/lib/provision/*/firewall/apply; do
+        [ -f "$f" ] || continue
+        sh "$f" || { echo "docker: cannot restore the firewall rules of $f: dockerd not started" >&2; exit 1; }
+    done
+}
+
 if has_systemd; then
     systemctl enable --now docker >/dev/null 2>&1 || systemctl start docker
 elif ! docker info >/dev/null 2>&1; then
     # No init system: start the daemon directly, detached from this session.
+    restore_firewalls
     setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
 fi
 
