@@ -164,17 +164,6 @@ pub async fn ensure_image(t: &dyn Transport, image: &str) -> Result<(), String> 
     }
 }
 
-/// A private file (0600), created or truncated.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
 /// A tar of `volumes` on the host written to `path` (through `path.partial`,
 /// renamed only when complete, after its manifest was written).
 pub async fn backup_to_file(
@@ -185,16 +174,13 @@ pub async fn backup_to_file(
     origin: &Origin,
 ) -> Result<Written, String> {
     ensure_image(t, DATA_IMAGE).await?;
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d)
-            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    if let Some(d) = path.parent() {
+        crate::private::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // A backup holds the volumes' data (a database's rows, its password
+    // hashes): 0600, also at a path of the user's choosing.
     let partial = partial_path(path);
-    let file = create_private(&partial)
+    let file = crate::private::create_file(&partial)
         .map(tokio::fs::File::from_std)
         .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -261,7 +247,7 @@ pub async fn backup_to_file(
     let mpath = manifest_path(path);
     let mpartial = partial_path(&mpath);
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes") + "\n";
-    let written = create_private(&mpartial)
+    let written = crate::private::create_file(&mpartial)
         .and_then(|mut f| {
             use std::io::Write;
             f.write_all(text.as_bytes())?;

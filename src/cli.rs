@@ -165,6 +165,9 @@ pub fn run() -> i32 {
                 Ok(l) => l,
                 Err(d) => return bad_input(&d),
             };
+            if let Err(code) = keep_state_private(&loaded.inventory, true) {
+                return code;
+            }
             let plan = match build_plan(&loaded) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -179,6 +182,10 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         Ok(l) => l,
         Err(d) => return bad_input(&d),
     };
+    // A dry run changes nothing, here either: it only warns.
+    if let Err(code) = keep_state_private(&loaded.inventory, false) {
+        return code;
+    }
     match build_plan(&loaded) {
         Ok(plan) => {
             let out = if json {
@@ -199,23 +206,18 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
 
 pub fn build_plan(loaded: &Loaded) -> Result<Plan, i32> {
     let inv = &loaded.inventory;
-    let mut app_files = Vec::new();
+    let mut app = None;
     if let crate::inventory::AppSource::Folder(dir) = &inv.app {
         if loaded.templates.values().any(|t| t.manifest.app) {
-            let p = inv.resolve_path(&dir.to_string_lossy());
-            match plan::read_app_folder(&p) {
-                Ok(f) => app_files = f,
-                Err(e) => {
-                    return Err(bad_input(&[inv.diagnostic(
-                        "app.source",
-                        format!("cannot read app folder {}: {e}", p.display()),
-                        None,
-                    )]))
-                }
-            }
+            let source = dir.to_string_lossy();
+            let p = inv.resolve_path(&source);
+            app = Some(crate::app_folder::read(inv, &p, &source).map_err(|d| bad_input(&d))?);
         }
     }
-    plan::build(loaded, &app_files).map_err(|d| bad_input(&d))
+    let files = app.as_ref().map(|a| a.files.as_slice()).unwrap_or_default();
+    let mut plan = plan::build(loaded, files).map_err(|d| bad_input(&d))?;
+    plan.app_folder = app.map(|a| a.report);
+    Ok(plan)
 }
 
 pub fn bad_input(diags: &[Diagnostic]) -> i32 {
@@ -259,8 +261,28 @@ where
         }
     };
     match crate::inventory::parse(&cli.hosts, &source) {
-        Ok(inv) => runtime().block_on(f(inv)),
+        Ok(inv) => {
+            if let Err(code) = keep_state_private(&inv, true) {
+                return code;
+            }
+            runtime().block_on(f(inv))
+        }
         Err(d) => bad_input(&d),
+    }
+}
+
+/// Before a command reads or writes local state: tighten (or, `apply`
+/// false, only report) what of it other users could reach.
+fn keep_state_private(inv: &Inventory, apply: bool) -> Result<(), i32> {
+    match crate::private::check_state(inv, apply) {
+        Ok(message) => {
+            eprint!("{message}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILED)
+        }
     }
 }
 

@@ -783,13 +783,18 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
     let mut tail: Vec<&str> = Vec::new();
     if !stderr.trim().is_empty() {
         let errorish = |l: &&str| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("e: ")
+            let l = l.trim().to_ascii_lowercase();
+            l.starts_with("e:")
+                || l.starts_with("err:")
                 || l.contains("error")
                 || l.contains("no space left")
                 || l.contains("failed")
         };
-        let causes: Vec<&str> = stdout.lines().filter(errorish).collect();
+        let printed: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut causes: Vec<&str> = printed.iter().copied().filter(errorish).collect();
+        if causes.is_empty() {
+            causes = printed; // no line says error: what it printed last
+        }
         tail.extend(&causes[causes.len().saturating_sub(3)..]);
     }
     let text = if stderr.trim().is_empty() {

@@ -4,12 +4,14 @@
 //! transport -> report. The pure core (inventory, plan, commands, templates)
 //! does no I/O; the edge (transport, machines, progress) does.
 
+pub mod app_folder;
 pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod data_paths;
 pub mod diagnostics;
 pub mod docker_api;
+pub mod dockerignore;
 pub mod executor;
 pub mod firewall;
 pub mod host_lock;
@@ -18,6 +20,7 @@ pub mod load;
 pub mod machines;
 pub mod plan;
 pub mod plan_output;
+pub mod private;
 pub mod probe;
 pub mod progress;
 pub mod reach;

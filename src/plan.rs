@@ -3,7 +3,6 @@
 //! anything here; the executor checks conditions against one probe per host.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -21,6 +20,10 @@ use crate::templates::{ContextFile, RenderInput, UsedService};
 pub struct Plan {
     pub project: String,
     pub hosts: Vec<HostPlan>,
+    /// What of the app folder goes to the hosts and what stays here (set
+    /// by the caller that read the folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_folder: Option<crate::app_folder::AppFolderReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -340,7 +343,11 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
         });
     }
     if problems.is_empty() {
-        Ok(Plan { project, hosts })
+        Ok(Plan {
+            project,
+            hosts,
+            app_folder: None,
+        })
     } else {
         Err(problems)
     }
@@ -566,13 +573,11 @@ fn service_steps(
             }],
             shown,
         });
-        let app_dir = format!("{build_dir}/app");
         build_actions.push(Action::Fetch {
-            line: format!(
-                "curl -K {cfg} && mkdir -p {app} && tar -xzf {tgz} -C {app} --strip-components=1 && rm -f {tgz} {cfg}",
-                cfg = shell(&[format!("{fetch_dir}/curl.cfg")]),
-                app = shell(&[app_dir]),
-                tgz = shell(&[format!("{build_dir}/app.tar.gz")]),
+            line: fetch_line(
+                &format!("{fetch_dir}/curl.cfg"),
+                &format!("{build_dir}/app.tar.gz"),
+                &format!("{build_dir}/app"),
             ),
         });
     }
@@ -886,6 +891,25 @@ fn service_steps(
     Ok((vec![build].into_iter().chain(config).collect(), runs))
 }
 
+/// Fetch the app tarball with curl's config file `cfg` (it holds the
+/// token) and unpack it into `app`. The config and the tarball are removed
+/// whatever happens, by traps of the shell that runs the line (both
+/// transports run each line with `sh -c`): after a failed fetch or unpack
+/// too, and when the step is stopped (the transport's TERM on a timeout,
+/// or HUP, INT). The line's exit code is the fetch's or the unpack's.
+pub fn fetch_line(cfg: &str, tgz: &str, app: &str) -> String {
+    let q = |p: &str| shell(&[p.to_string()]);
+    let cleanup = format!("rm -f {} {}", q(cfg), q(tgz));
+    format!(
+        "trap {cleanup} EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM; \
+         curl -K {cfg} && mkdir -p {app} && tar -xzf {tgz} -C {app} --strip-components=1",
+        cleanup = q(&cleanup),
+        cfg = q(cfg),
+        app = q(app),
+        tgz = q(tgz),
+    )
+}
+
 /// The images a Dockerfile starts `FROM`, leaving out its own build stages.
 pub fn from_images(dockerfile: &str) -> Vec<String> {
     let mut stages: Vec<String> = Vec::new();
@@ -925,46 +949,6 @@ pub fn context_hash(files: &[ContextFile]) -> String {
         h.update(&f.data);
     }
     hex::encode(h.finalize())
-}
-
-/// Read an app folder into context files under `app/`, keeping exec bits.
-/// Logs, temp files and VCS folders are left out.
-pub fn read_app_folder(dir: &Path) -> std::io::Result<Vec<ContextFile>> {
-    use std::os::unix::fs::PermissionsExt;
-    let skip = [".git", "log", "tmp", "node_modules", ".bundle"];
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                if !(d == dir && skip.contains(&name.as_str())) {
-                    stack.push(p);
-                }
-                continue;
-            }
-            let rel = p
-                .strip_prefix(dir)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .replace('\\', "/");
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            out.push(ContextFile {
-                path: format!("app/{rel}"),
-                mode,
-                data: std::fs::read(&p)?,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 #[cfg(test)]

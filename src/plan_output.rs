@@ -19,6 +19,9 @@ pub fn text(plan: &Plan) -> String {
         out,
         "Each step runs only when its condition holds on the host (checked in one probe per host)."
     );
+    if let Some(app) = &plan.app_folder {
+        out.push_str(&crate::app_folder::describe(app));
+    }
     for h in &plan.hosts {
         let _ = writeln!(out, "\nhost {} ({})", h.host, h.address);
         if !h.ports.is_empty() {

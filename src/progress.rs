@@ -31,12 +31,8 @@ fn clock() -> String {
 impl Progress {
     /// `tty`: draw one bar per host; otherwise print plain lines.
     pub fn new(secrets: Secrets, hosts: &[String], tty: bool, log_file: Option<&Path>) -> Progress {
-        let log = log_file.and_then(|p| {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            std::fs::File::create(p).ok()
-        });
+        // Logs show commands and their output: 0600 in a 0700 folder.
+        let log = log_file.and_then(|p| crate::private::create_file(p).ok());
         let bars = tty.then(|| {
             let multi = MultiProgress::new();
             let style =
@@ -113,5 +109,33 @@ impl Progress {
             }
             None => eprintln!("{} {text}", clock()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_log_is_private_and_masks_encoded_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("state/logs/run-1-2.log");
+        let secrets =
+            Secrets::from_map([("PG_PASSWORD".to_string(), "p@ss:w0rd!".to_string())].into());
+        let p = Progress::new(secrets, &["web".to_string()], false, Some(&log));
+        // As Rails would print it when the database refuses the URL.
+        p.output(
+            "web",
+            "could not connect to postgres://app:p%40ss%3Aw0rd%21@10.0.0.2:5432/app",
+        );
+        p.status("web", "password p@ss:w0rd! refused");
+        drop(p);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("p%40ss") && !text.contains("p@ss"), "{text}");
+        assert!(text.contains("postgres://app:***@10.0.0.2"), "{text}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(mode(log.parent().unwrap()), 0o700);
     }
 }

@@ -57,22 +57,118 @@ impl Secrets {
             .collect()
     }
 
-    /// Replace every secret value found in `text` by the mask.
+    /// Replace every secret value found in `text` by the mask, in any of
+    /// the encodings that reach output: raw, percent-encoded (as in a
+    /// `DATABASE_URL`, any characters encoded, either case of hex, `+` for
+    /// a space), JSON-escaped (`--json`) and single-quoted for a shell.
     pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
         // Longest first, so a value containing another is masked whole.
-        let mut vals: Vec<&String> = self.values.values().filter(|v| v.len() >= 4).collect();
-        vals.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        for v in vals {
-            out = out.replace(v.as_str(), MASK);
+        let mut vals: Vec<&[u8]> = self
+            .values
+            .values()
+            .filter(|v| v.len() >= 4)
+            .map(|v| v.as_bytes())
+            .collect();
+        if vals.is_empty() {
+            return text.to_string();
         }
-        out
+        vals.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        while at < bytes.len() {
+            match vals.iter().find_map(|v| encoded_len(bytes, at, v)) {
+                Some(n) => {
+                    out.extend_from_slice(MASK.as_bytes());
+                    at += n;
+                }
+                None => {
+                    out.push(bytes[at]);
+                    at += 1;
+                }
+            }
+        }
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// For tests and tools that already hold the values.
     pub fn from_map(values: BTreeMap<String, String>) -> Self {
         Secrets { values }
     }
+}
+
+/// How many bytes of `text` from `at` spell `value` in some encoding, if
+/// any: each byte of the value appears as itself or as one of its escapes
+/// (`%XX` in either case, `+` for a space, JSON's `\"`, `\\`, `\/`, `\n`,
+/// `\r`, `\t`, `\u00XX`, a shell's `'\''` and `'"'"'` for a quote).
+fn encoded_len(text: &[u8], at: usize, value: &[u8]) -> Option<usize> {
+    // Cheap refusal first: this runs at every position of every line.
+    let c = *text.get(at)?;
+    let first = *value.first()?;
+    if c != first && !matches!(c, b'%' | b'+' | b'\\' | b'\'') {
+        return None;
+    }
+    let hex = |h: u8, l: u8| -> Option<u8> {
+        let d = |x: u8| (x as char).to_digit(16).map(|v| v as u8);
+        Some(d(h)? * 16 + d(l)?)
+    };
+    // Depth first over (bytes of the value spelled, position in text); a
+    // value byte has more than one spelling only for `%`, `\` and `'`.
+    let mut stack = vec![(0usize, at)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((i, pos)) = stack.pop() {
+        if i == value.len() {
+            return Some(pos - at);
+        }
+        if !seen.insert((i, pos)) {
+            continue;
+        }
+        let b = value[i];
+        let tail = &text[pos..];
+        let mut spellings: Vec<usize> = Vec::new();
+        if tail.first() == Some(&b) {
+            spellings.push(1);
+        }
+        if tail.len() >= 3 && tail[0] == b'%' && hex(tail[1], tail[2]) == Some(b) {
+            spellings.push(3);
+        }
+        if b == b' ' && tail.first() == Some(&b'+') {
+            spellings.push(1);
+        }
+        if tail.len() >= 2 && tail[0] == b'\\' {
+            let escaped = match tail[1] {
+                b'"' | b'\\' | b'/' => Some(tail[1]),
+                b'n' => Some(b'\n'),
+                b'r' => Some(b'\r'),
+                b't' => Some(b'\t'),
+                _ => None,
+            };
+            if escaped == Some(b) {
+                spellings.push(2);
+            }
+            if tail.len() >= 6
+                && tail[1] == b'u'
+                && tail[2] == b'0'
+                && tail[3] == b'0'
+                && hex(tail[4], tail[5]) == Some(b)
+            {
+                spellings.push(6);
+            }
+        }
+        if b == b'\'' {
+            for quote in [&b"'\\''"[..], &b"'\"'\"'"[..]] {
+                if tail.starts_with(quote) {
+                    spellings.push(quote.len());
+                }
+            }
+        }
+        // Pushed last, tried first: the value as it is.
+        for n in spellings.into_iter().rev() {
+            stack.push((i + 1, pos + n));
+        }
+    }
+    None
 }
 
 /// Every secret the inventory needs, with the key path that asks for it.
@@ -175,20 +271,14 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
 fn append_file(path: &Path, items: &[(String, String)]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write secrets file {}: {e}", path.display());
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        crate::private::create_dir(dir).map_err(fail)?;
         // The state folder holds keys and secrets: keep it out of git.
         let ignore = dir.join(".gitignore");
         if !ignore.exists() {
-            let _ = std::fs::write(ignore, "*\n");
+            let _ = crate::private::write_file(&ignore, b"*\n");
         }
     }
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
+    let mut f = crate::private::append_file(path).map_err(fail)?;
     for (k, v) in items {
         writeln!(f, "{k}={v}").map_err(fail)?;
     }
@@ -212,6 +302,32 @@ mod tests {
             s.mask("x hunter22 y tok-123456 hunter22"),
             "x *** y *** ***"
         );
+    }
+
+    #[test]
+    fn mask_catches_the_encoded_forms_of_a_value() {
+        let value = "p@ss/w:rd é\"x'y";
+        let s = Secrets::from_map([("PG_PASSWORD".into(), value.into())].into());
+        // The form DATABASE_URL carries: the postgis template's own filter.
+        let url = minijinja::Environment::new()
+            .render_str(
+                "postgres://app:{{ v | urlencode }}@10.0.0.2:5432/app",
+                minijinja::context! { v => value },
+            )
+            .unwrap();
+        assert_ne!(url, format!("postgres://app:{value}@10.0.0.2:5432/app"));
+        assert_eq!(s.mask(&url), "postgres://app:***@10.0.0.2:5432/app");
+        let every_byte: String = value.bytes().map(|b| format!("%{b:02x}")).collect();
+        assert_eq!(s.mask(&format!("u={every_byte};")), "u=***;");
+        let form = "p%40ss%2Fw%3Ard+%C3%A9%22x%27y";
+        assert_eq!(s.mask(form), "***");
+        let json = serde_json::to_string(value).unwrap();
+        assert_eq!(s.mask(&json), "\"***\"");
+        let quoted = crate::commands::quote(value).into_owned();
+        assert!(!s.mask(&quoted).contains("ss/w"), "{quoted}");
+        // Text around and between stays as it was.
+        assert_eq!(s.mask("a p@ss/w:rd é\"x'y b"), "a *** b");
+        assert_eq!(s.mask("p@ss/w:rd"), "p@ss/w:rd");
     }
 
     #[test]

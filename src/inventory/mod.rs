@@ -31,6 +31,9 @@ pub struct Inventory {
     pub source: String,
     pub project: Project,
     pub app: AppSource,
+    /// `[app] include`: patterns of private files in the app folder that
+    /// are sent anyway (by default they are left out).
+    pub app_include: Vec<String>,
     pub secrets: Vec<SecretDecl>,
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,

@@ -16,7 +16,7 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["project", "app", "secrets", "hosts", "services", "data"];
 const PROJECT_KEYS: &[&str] = &["name", "state_dir", "secrets_file", "known_hosts"];
-const APP_KEYS: &[&str] = &["source", "token"];
+const APP_KEYS: &[&str] = &["source", "token", "include"];
 const SECRET_KEYS: &[&str] = &["generate"];
 const HOST_KEYS: &[&str] = &[
     "address",
@@ -79,7 +79,7 @@ pub fn parse(file: &Path, source: &str) -> Result<Inventory, Vec<Diagnostic>> {
     r.check_keys(top, "", TOP_KEYS);
 
     let project = r.project(top.get("project"), &root);
-    let app = r.app(top.get("app"));
+    let (app, app_include) = r.app(top.get("app"));
     let secrets = r.secrets(top.get("secrets"));
     let hosts = r.hosts(top.get("hosts"), doc.span());
     let data = r.data(top.get("data"));
@@ -91,6 +91,7 @@ pub fn parse(file: &Path, source: &str) -> Result<Inventory, Vec<Diagnostic>> {
         source: source.to_string(),
         project,
         app,
+        app_include,
         secrets,
         hosts,
         services,
@@ -326,11 +327,13 @@ impl<'s> Reader<'s> {
         p
     }
 
-    fn app(&mut self, v: Option<&Value>) -> AppSource {
+    fn app(&mut self, v: Option<&Value>) -> (AppSource, Vec<String>) {
         let default = AppSource::Folder("examples/rails_app".into());
-        let Some(v) = v else { return default };
+        let Some(v) = v else {
+            return (default, Vec::new());
+        };
         let Some(t) = self.table(v, "app") else {
-            return default;
+            return (default, Vec::new());
         };
         self.check_keys(t, "app", APP_KEYS);
         let token = self.string(t, "token", "app");
@@ -343,8 +346,25 @@ impl<'s> Reader<'s> {
                 );
             }
         }
-        match self.nonempty_string(t, "source", "app") {
+        let include = self.app_include(t);
+        let source = match self.nonempty_string(t, "source", "app") {
             Some(s) if s.starts_with("https://") || s.starts_with("http://") => {
+                if s.starts_with("http://") && token.is_some() {
+                    // Anyone on the path would read the token.
+                    self.c.error_with_hint(
+                        self.spans["app.source"].clone(),
+                        "app.source",
+                        "a token is never sent over plain http://",
+                        "use the https:// URL, or remove `token` if the tarball is public",
+                    );
+                }
+                if !include.is_empty() {
+                    self.c.error(
+                        self.spans["app.include"].clone(),
+                        "app.include",
+                        "`include` only applies when the source is a local folder",
+                    );
+                }
                 AppSource::Tarball { url: s, token }
             }
             Some(s) => {
@@ -358,7 +378,44 @@ impl<'s> Reader<'s> {
                 AppSource::Folder(s.into())
             }
             None => default,
+        };
+        (source, include)
+    }
+
+    /// `[app] include`: private files (`.env.production`, a key) the user
+    /// wants sent after all, as `.dockerignore`-style patterns relative to
+    /// the app folder.
+    fn app_include(&mut self, t: &DeTable) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (raw, span)) in self.strings(t, "include", "app").into_iter().enumerate() {
+            let path = format!("app.include[{i}]");
+            let text = raw.trim();
+            let problem = if text.is_empty() {
+                Some("must not be empty".to_string())
+            } else if text.starts_with('!') {
+                Some("an include names files to send; `!` has no meaning here".to_string())
+            } else if text.starts_with('/') {
+                Some(format!("`{text}` must be relative to the app folder"))
+            } else if text.split('/').any(|part| part == "..") {
+                Some(format!(
+                    "`{text}` must stay inside the app folder (no `..`)"
+                ))
+            } else {
+                crate::dockerignore::Pattern::new(text, 0)
+                    .err()
+                    .map(|e| e.message)
+            };
+            match problem {
+                Some(message) => self.c.error_with_hint(
+                    span,
+                    path,
+                    message,
+                    "a path or pattern inside the app folder, e.g. \".env.production\" or \"config/credentials/production.key\"",
+                ),
+                None => out.push(text.to_string()),
+            }
         }
+        out
     }
 
     fn secrets(&mut self, v: Option<&Value>) -> Vec<SecretDecl> {

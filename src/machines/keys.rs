@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -35,7 +34,7 @@ pub fn ensure_project_key(state_dir: &Path, comment: &str) -> Result<String, Err
         })?;
         return public_line(&key);
     }
-    std::fs::create_dir_all(state_dir)
+    crate::private::create_dir(state_dir)
         .map_err(io(format!("cannot create {}", state_dir.display())))?;
     let seed: [u8; 32] = rand::random();
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
@@ -46,16 +45,11 @@ pub fn ensure_project_key(state_dir: &Path, comment: &str) -> Result<String, Err
     let public = public_line(&key)?;
     // Write beside and rename, so a reader never sees half a key.
     let partial = state_dir.join(format!(".{PROJECT_KEY}.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
+    let mut file = crate::private::create_file(&partial)
         .map_err(io(format!("cannot write {}", partial.display())))?;
     file.write_all(private.as_bytes())
         .map_err(io(format!("cannot write {}", partial.display())))?;
-    std::fs::write(&public_path, format!("{public}\n"))
+    crate::private::write_file(&public_path, format!("{public}\n").as_bytes())
         .map_err(io(format!("cannot write {}", public_path.display())))?;
     std::fs::rename(&partial, &private_path)
         .map_err(io(format!("cannot write {}", private_path.display())))?;
@@ -107,16 +101,10 @@ pub fn update_known_hosts(
     if updated == existing {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let partial = path.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&partial, updated)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|source| Error::Io {
-            what: format!("cannot write {}", path.display()),
-            source,
-        })
+    crate::private::write_file(path, updated.as_bytes()).map_err(|source| Error::Io {
+        what: format!("cannot write {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -90,9 +90,7 @@ pub(crate) fn check(
 /// Appends `key` for `host:port` to `file` (creating it and its folder).
 pub(crate) fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> io::Result<()> {
     if let Some(dir) = file.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
+        crate::private::create_dir(dir)?;
     }
     let existing = std::fs::read(file).unwrap_or_default();
     let mut line = String::new();
@@ -105,12 +103,9 @@ pub(crate) fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> io::
         .to_openssh()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     line.push_str(&format!("{} {}\n", known_as(host, port), encoded.trim()));
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(file)?;
+    // 0600: which hosts this computer talks to, and their keys, are
+    // nobody else's business.
+    let mut f = crate::private::append_file(file)?;
     f.write_all(line.as_bytes())
 }
 
