@@ -50,6 +50,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE|latest")]
     pub restore_from: Option<PathBuf>,
 
+    /// With `restore` or --restore-from: accept a backup that has no
+    /// manifest (made by an older provision, or a tar made by hand). Only
+    /// its tar structure is checked then, not its size and SHA-256.
+    #[arg(long, global = true)]
+    pub unverified: bool,
+
     /// Remove a stale run lock on the hosts first (the run that held it is gone).
     #[arg(long, global = true)]
     pub break_lock: bool,
@@ -84,23 +90,31 @@ pub enum Command {
     },
     /// Show each machine and service.
     Status,
-    /// Stream a tar of a host's volumes (or one volume) to a local file.
-    /// Containers using them are stopped for the copy and started again.
+    /// Stream a tar of a host's volumes (or one volume) to a local file, with
+    /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
+    /// Containers using them are stopped for the copy and always started again.
     Backup {
         /// HOST (every volume its services mount) or HOST:VOLUME.
         target: String,
         /// Default: STATE_DIR/backups/HOST-YYYYMMDDTHHMMSSZ.tar
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Keep a backup even when a volume holds no file at all (by
+        /// default that fails: the service's data is likely elsewhere).
+        #[arg(long)]
+        allow_empty: bool,
     },
-    /// Stream a backup file back into a host's volumes (replacing their content).
+    /// Stream a backup file back into a host's volumes (replacing their
+    /// content), once the file matches its manifest; the host swaps only when
+    /// what it received has the file's size and SHA-256.
     Restore {
         /// HOST (every volume in the file) or HOST:VOLUME.
         target: String,
         file: PathBuf,
     },
     /// Copy a volume from one host to another, streamed through this
-    /// computer (no temporary file).
+    /// computer (no temporary file); the receiving host swaps only when the
+    /// size and SHA-256 of what it received match what was sent.
     Migrate {
         volume: String,
         #[arg(long, value_name = "HOST")]
@@ -122,16 +136,22 @@ pub fn run() -> i32 {
             with_inventory(&cli, |inv| async move { down(&inv, volumes).await })
         }
         Some(Command::Status) => with_inventory(&cli, |inv| async move { status(&inv).await }),
-        Some(Command::Backup { target, output }) => {
+        Some(Command::Backup {
+            target,
+            output,
+            allow_empty,
+        }) => {
             let lock = lock_policy(&cli);
+            let allow_empty = *allow_empty;
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::backup(&inv, target, output.as_deref(), lock).await
+                crate::volume_cli::backup(&inv, target, output.as_deref(), allow_empty, lock).await
             })
         }
         Some(Command::Restore { target, file }) => {
             let lock = lock_policy(&cli);
+            let unverified = cli.unverified;
             with_inventory(&cli, |inv| async move {
-                crate::volume_cli::restore(&inv, target, file, lock).await
+                crate::volume_cli::restore(&inv, target, file, unverified, lock).await
             })
         }
         Some(Command::Migrate { volume, from, to }) => {
@@ -337,11 +357,19 @@ fn run_options(cli: &Cli, inv: &Inventory) -> Result<crate::executor::Options, S
         } else {
             from.clone()
         };
-        let volumes = crate::backup::archive_volumes(&file)?;
+        // The whole file is checked before any host is touched.
+        let checked = crate::backup::check_backup(&file, cli.unverified)?;
+        if checked.manifest.is_none() {
+            eprintln!(
+                "warning: --restore-from: {} has no manifest: only its tar structure was checked (--unverified)",
+                file.display()
+            );
+        }
         opts.restore = Some(crate::executor::Restore {
             host: host.clone(),
             file,
-            volumes,
+            volumes: checked.volumes.clone(),
+            checked,
         });
     }
     Ok(opts)

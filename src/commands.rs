@@ -143,6 +143,7 @@ pub fn probe(project: &str, bases: &[String]) -> String {
         })
         .collect();
     let unpullable = shell(&[unpullable_file(project)]);
+    let config = live_markers(project);
     let chain = crate::firewall::forward_chain(project);
     let firewall = format!(
         "{} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked",
@@ -161,7 +162,8 @@ pub fn probe(project: &str, bases: &[String]) -> String {
          echo \"@docker $(cat \"$d/v\")\"; echo '@images'; cat \"$d/i\"; echo '@containers'; cat \"$d/c\"; \
          echo '@networks'; cat \"$d/n\"; echo '@volumes'; cat \"$d/vol\"; echo '@firewall'; {firewall}; \
          echo '@bases'; cat \"$d\"/b.* 2>/dev/null; rm -rf \"$d\"; \
-         echo '@unpullable'; cat {unpullable} 2>/dev/null; echo \"@now $(date +%s)\"; true"
+         echo '@unpullable'; cat {unpullable} 2>/dev/null; echo '@config'; cat {config} 2>/dev/null; \
+         echo \"@now $(date +%s)\"; true"
     )
 }
 
@@ -171,11 +173,18 @@ pub fn probe_extras(project: &str) -> String {
     let chain = crate::firewall::forward_chain(project);
     format!(
         "echo '@firewall'; {} 2>/dev/null | grep -o 'provision [0-9a-f]*'; {} 2>/dev/null && echo hooked; \
-         echo '@unpullable'; cat {} 2>/dev/null; echo \"@now $(date +%s)\"; true",
+         echo '@unpullable'; cat {} 2>/dev/null; echo '@config'; cat {} 2>/dev/null; echo \"@now $(date +%s)\"; true",
         shell(&argv(["iptables", "-w", "-S", &chain])),
         shell(&argv(["iptables", "-w", "-C", "DOCKER-USER", "-j", &chain])),
-        shell(&[unpullable_file(project)])
+        shell(&[unpullable_file(project)]),
+        live_markers(project)
     )
+}
+
+/// The version files of every service's live files (`SERVICE VERSION`
+/// lines), a glob for `cat`.
+fn live_markers(project: &str) -> String {
+    format!("{}/live/*.hash", shell(&[remote_root(project)]))
 }
 
 /// Images a host could not pull, one `IMAGE EPOCH` line each.
@@ -283,6 +292,8 @@ pub struct RunSpec {
     pub bind_address: Option<String>,
     pub publish: Vec<Publish>,
     pub volumes: Vec<VolumeMount>,
+    /// Host folders bind-mounted into the container (its live files).
+    pub binds: Vec<VolumeMount>,
     pub volumes_from: Vec<String>,
     pub env_file: Option<String>,
     /// `HOST:PORT` of a Fluentd for Docker's log driver.
@@ -370,6 +381,15 @@ pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
             if v.read_only { ":ro" } else { "" }
         ));
     }
+    for b in &spec.binds {
+        a.push("--volume".into());
+        a.push(format!(
+            "{}:{}{}",
+            b.volume,
+            b.path,
+            if b.read_only { ":ro" } else { "" }
+        ));
+    }
     for d in &spec.volumes_from {
         a.push("--volumes-from".into());
         a.push(d.clone());
@@ -408,6 +428,85 @@ pub fn exec_in(container: &str, probe: &[String]) -> Vec<String> {
     a
 }
 
+/// One live file to install: its name and whether its lines carry
+/// [`crate::templates::NETWORK_GATEWAY_TOKEN`].
+pub struct LiveFile<'a> {
+    pub name: &'a str,
+    pub gateway: bool,
+}
+
+/// Install the live files staged in `staged` into `dir` (the folder mounted
+/// read-only into `container`), each through a rename so the container
+/// never reads half a file, then send `signal` to the container when it
+/// runs (a reload: no restart), and record `hash` in `marker` last, so an
+/// interrupted install is redone. A line with the gateway token is written
+/// once per gateway address of `network`; a network without one fails the
+/// step rather than install a file that would admit it.
+#[allow(clippy::too_many_arguments)]
+pub fn install_live(
+    staged: &str,
+    dir: &str,
+    marker: &str,
+    files: &[LiveFile],
+    network: &str,
+    container: &str,
+    signal: &str,
+    line_for_marker: &str,
+) -> String {
+    let q = |s: &str| shell(&[s.to_string()]);
+    let mut lines = vec![format!("mkdir -p {}", q(dir))];
+    if files.iter().any(|f| f.gateway) {
+        lines.push(format!(
+            "gws=$({})",
+            shell(&argv([
+                "docker",
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+                network,
+            ]))
+        ));
+        lines.push(format!(
+            "{{ [ -n \"$(echo $gws)\" ] || {{ echo {} >&2; exit 3; }}; }}",
+            q(&format!(
+                "network {network} has no gateway address to refuse"
+            ))
+        ));
+    }
+    let token = crate::templates::NETWORK_GATEWAY_TOKEN;
+    for f in files {
+        let from = q(&format!("{staged}/{}", f.name));
+        let tmp = q(&format!("{dir}/.{}.new", f.name));
+        let to = q(&format!("{dir}/{}", f.name));
+        if f.gateway {
+            let program = "index($0, t) { n = split(gws, g, \" \"); for (i = 1; i <= n; i++) \
+                 { a = g[i] (index(g[i], \":\") ? \"/128\" : \"/32\"); l = $0; gsub(t, a, l); print l } next } { print }";
+            lines.push(format!(
+                "awk -v gws=\"$gws\" -v t={} {} {from} > {tmp}",
+                q(token),
+                q(program)
+            ));
+        } else {
+            lines.push(format!("cp {from} {tmp}"));
+        }
+        lines.push(format!("chmod 0644 {tmp} && mv -f {tmp} {to}"));
+    }
+    lines.push(format!("rm -rf {}", q(staged)));
+    let c = q(container);
+    lines.push(format!(
+        "if [ \"$(docker inspect --format '{{{{.State.Running}}}}' {c} 2>/dev/null)\" = true ]; then docker kill --signal {} {c} >/dev/null; fi",
+        q(signal)
+    ));
+    let tmp_marker = q(&format!("{marker}.new"));
+    lines.push(format!(
+        "printf '%s\\n' {} > {tmp_marker} && mv -f {tmp_marker} {}",
+        q(line_for_marker),
+        q(marker)
+    ));
+    and(&lines)
+}
+
 /// Where a volume is mounted inside the throwaway container that reads or
 /// writes it: `/volumes/NAME`, so a tar made with `-C /volumes` holds one
 /// top-level folder per volume.
@@ -415,12 +514,89 @@ pub fn volume_mount_point(volume: &str) -> String {
     format!("/volumes/{volume}")
 }
 
+/// The folders a restore keeps beside a volume's content while it works:
+/// the verified copy waiting for its swap, and the old content during the
+/// swap. Backups leave them out.
+pub const STAGING_DIR: &str = ".provision-incoming";
+pub const OLD_DIR: &str = ".provision-old";
+
+/// Started in its own session (`setsid`) before any container is stopped:
+/// it reads the FIFO `$1/f`, whose only writers are the shell that stops
+/// the containers and that shell's children. `done` on it means "nothing to
+/// do"; end of file without it means that shell died however it died
+/// (SIGKILL of its process group after a timeout, a dropped SSH
+/// connection, an OOM kill), and the containers are started again: first
+/// `docker stop`, so one whose interrupted stop is still under way is
+/// settled, and after waiting for the helper container `$2` (a swap that
+/// must finish before its users start; `-` for none).
+const RESTART_WATCHER: &str = r#"w="$1"; helper="$2"; shift 2
+IFS= read -r said <"$w/f" || said=
+rm -rf "$w"
+[ "$said" = done ] && exit 0
+[ "$helper" = - ] || docker wait "$helper" >/dev/null 2>&1 || true
+docker stop "$@" >/dev/null 2>&1 || true
+docker start "$@" >/dev/null 2>&1"#;
+
+/// `body` run with the containers that use `volumes` stopped, and those
+/// containers always started again afterwards: by a trap when this shell
+/// ends (a failure, HUP, TERM, PIPE), and by a detached watcher
+/// ([`RESTART_WATCHER`]) when it is killed outright. With `restart` false
+/// (the caller is about to replace the containers) they are started again
+/// only if `body` failed. `helper` names the container `body` runs whose
+/// end the watcher waits for. Nothing here writes to stdout: it may carry
+/// a tar stream.
+fn with_users_stopped(volumes: &[String], body: &str, restart: bool, helper: &str) -> String {
+    let mut ps = argv(["docker", "ps", "-q"]);
+    for v in volumes {
+        ps.push("--filter".into());
+        ps.push(format!("volume={v}"));
+    }
+    let watcher = shell(&argv([
+        "setsid",
+        "sh",
+        "-c",
+        RESTART_WATCHER,
+        "provision-restart",
+    ]));
+    let helper = shell(&[helper.to_string()]);
+    let on_exit = if restart {
+        "started_again"
+    } else {
+        "if [ $finished = yes ]; then told_done; else started_again; fi"
+    };
+    [
+        "command -v setsid >/dev/null || { echo 'setsid (util-linux) is missing on this host' >&2; exit 5; }".to_string(),
+        format!("ids=$({})", shell(&ps)),
+        "finished=no".into(),
+        // A watcher gone (it cannot be) must not fail a finished copy.
+        "told_done() { [ -z \"$ids\" ] || echo done >&9 2>/dev/null || true; }".into(),
+        "started_again() { [ -z \"$ids\" ] || { docker start $ids >/dev/null && told_done; }; }".into(),
+        "if [ -n \"$ids\" ]; then".into(),
+        "  w=$(mktemp -d) && mkfifo \"$w/f\"".into(),
+        format!("  {watcher} \"$w\" {helper} $ids </dev/null >/dev/null 2>&1 &"),
+        // Blocks until the watcher opened its end: it is in place before
+        // anything is stopped.
+        "  exec 9>\"$w/f\"".into(),
+        "fi".into(),
+        format!("trap 'rc=$?; trap \"\" PIPE HUP TERM; {on_exit}; exit $rc' EXIT"),
+        "trap 'exit 129' HUP".into(),
+        "trap 'exit 141' PIPE".into(),
+        "trap 'exit 143' TERM".into(),
+        "[ -z \"$ids\" ] || docker stop $ids >/dev/null".into(),
+        body.to_string(),
+        "finished=yes".into(),
+    ]
+    .join("\n")
+}
+
 /// Stream a tar of `volumes` to stdout, read through a throwaway container of
 /// `image` (the seed's `docker run --rm --volumes-from ... tar`). Containers
 /// that use the volumes are stopped for the copy so it is consistent (a
 /// stopped PostgreSQL has checkpointed), and started again afterwards
-/// (always when `restart`, else only if the copy failed: the caller is about
-/// to replace them). A missing volume is an error, never an empty archive.
+/// whatever happens to the copy or the connection (see
+/// [`with_users_stopped`]); when `restart` is false (the caller is about to
+/// replace them) only if the copy failed. A missing volume is an error,
+/// never an empty archive.
 pub fn backup_volumes(volumes: &[String], image: &str, restart: bool) -> String {
     let mut lines = vec!["set -e".to_string()];
     for v in volumes {
@@ -430,98 +606,156 @@ pub fn backup_volumes(volumes: &[String], image: &str, restart: bool) -> String 
             "docker volume inspect {q} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 3; }}",
         ));
     }
-    let mut ps = argv(["docker", "ps", "-q"]);
-    for v in volumes {
-        ps.push("--filter".into());
-        ps.push(format!("volume={v}"));
-    }
-    lines.push(format!("ids=$({})", shell(&ps)));
-    lines.push("[ -z \"$ids\" ] || docker stop $ids >/dev/null".into());
     let mut run = argv(["docker", "run", "--rm", "--log-driver", "none"]);
     for v in volumes {
         run.push("--volume".into());
         run.push(format!("{v}:{}:ro", volume_mount_point(v)));
     }
-    run.extend(argv([image, "tar", "-C", "/volumes", "-cf", "-"]));
-    run.extend(volumes.iter().cloned());
-    lines.push("rc=0".into());
-    lines.push(format!("{} || rc=$?", shell(&run)));
-    let start = "[ -z \"$ids\" ] || docker start $ids >/dev/null";
-    if restart {
-        lines.push(start.into());
-    } else {
-        lines.push(format!("[ $rc -eq 0 ] || {{ {start}; }}"));
+    run.extend(argv([image, "tar", "-C", "/volumes", "--anchored"]));
+    for v in volumes {
+        for dir in [STAGING_DIR, OLD_DIR] {
+            run.push(format!("--exclude={v}/{dir}"));
+        }
     }
-    lines.push("exit $rc".into());
+    run.extend(argv(["-cf", "-"]));
+    run.extend(volumes.iter().cloned());
+    lines.push(with_users_stopped(volumes, &shell(&run), restart, "-"));
     lines.join("\n")
 }
 
-/// The script the throwaway container runs to replace a volume's content
-/// with folder `$1` of the tar on stdin. It extracts beside the old content
-/// first and swaps only when the whole archive was read: a truncated stream
-/// leaves the old content untouched.
-const RESTORE_IN_CONTAINER: &str = r#"set -e
-m="$1"
-cd "$2"
-rm -rf .provision-incoming
-mkdir .provision-incoming
-if ! tar -C .provision-incoming --numeric-owner -xpf - "$m"; then
-  rm -rf .provision-incoming
-  echo "the archive is incomplete or has no folder $m: volume left as it was" >&2
-  exit 4
+/// The script the throwaway container runs on a volume mounted at `$3`:
+///
+/// - `stage MEMBER DIR`: extract folder MEMBER of the tar on stdin beside
+///   the volume's content (in [`STAGING_DIR`]), hashing every byte that
+///   arrives, and print `@received SIZE SHA256`. The content is not touched:
+///   whoever sent the stream compares the digest with what was sent (GNU tar
+///   exits 0 on a stream cut exactly at a member boundary) and only then
+///   asks for the swap.
+/// - `swap MEMBER DIR "SIZE SHA256"`: replace the content with the staged
+///   copy, if it is the one with that digest. The old content moves aside
+///   first and goes only once the new one is in place.
+/// - `discard MEMBER DIR`: remove a staged copy.
+const VOLUME_IN_CONTAINER: &str = r#"set -eu
+mode="$1"; m="$2"; cd "$3"
+if [ -e .provision-old ]; then
+  echo "a swap of this volume was interrupted: its old content is in .provision-old; look at it before restoring again" >&2
+  exit 5
 fi
-find . -mindepth 1 -maxdepth 1 ! -name .provision-incoming -exec rm -rf {} +
-find ".provision-incoming/$m" -mindepth 1 -maxdepth 1 -exec mv -t . {} +
-chown --reference=".provision-incoming/$m" .
-chmod --reference=".provision-incoming/$m" .
-rm -rf .provision-incoming"#;
+case "$mode" in
+stage)
+  rm -rf .provision-incoming
+  mkdir .provision-incoming
+  t=$(mktemp -d)
+  mkfifo "$t/sum" "$t/size"
+  sha256sum <"$t/sum" >"$t/sha" &
+  wc -c <"$t/size" >"$t/n" &
+  ok=yes
+  tee "$t/sum" "$t/size" | { tar -C .provision-incoming --numeric-owner -xpf - "$m" || exit 4; cat >/dev/null; } || ok=no
+  wait
+  read -r sha _ <"$t/sha"
+  read -r n <"$t/n"
+  echo "@received $n $sha"
+  if [ $ok = no ] || [ ! -d ".provision-incoming/$m" ]; then
+    rm -rf .provision-incoming
+    echo "the archive is incomplete, corrupted or has no folder $m: volume left as it was" >&2
+    exit 4
+  fi
+  echo "$n $sha" >.provision-incoming/.digest
+  ;;
+swap)
+  got=$(cat .provision-incoming/.digest 2>/dev/null || true)
+  if [ -z "$got" ] || [ "$got" != "$4" ]; then
+    echo "the staged copy is not the verified one (${got:-none}; expected $4): volume left as it was" >&2
+    exit 4
+  fi
+  mkdir .provision-old
+  find . -mindepth 1 -maxdepth 1 ! -name .provision-incoming ! -name .provision-old -exec mv -t .provision-old {} +
+  find ".provision-incoming/$m" -mindepth 1 -maxdepth 1 -exec mv -t . {} +
+  chown --reference=".provision-incoming/$m" .
+  chmod --reference=".provision-incoming/$m" .
+  rm -rf .provision-incoming .provision-old
+  ;;
+discard)
+  rm -rf .provision-incoming
+  ;;
+esac"#;
 
-/// Replace the content of `volume` with folder `member` of the tar read on
-/// stdin (creating the volume when missing). Containers using the volume are
-/// stopped meanwhile and started again.
-pub fn restore_volume(project: &str, volume: &str, member: &str, image: &str) -> String {
-    let q = shell(&[volume.to_string()]);
+/// `docker run` of the throwaway container running [`VOLUME_IN_CONTAINER`].
+fn volume_container(volume: &str, image: &str, extra: &[&str], args: &[&str]) -> Vec<String> {
     let mount = volume_mount_point(volume);
-    let run = argv([
-        "docker".to_string(),
-        "run".into(),
-        "--rm".into(),
-        "-i".into(),
-        "--log-driver".into(),
-        "none".into(),
-        "--volume".into(),
+    let mut a = argv(["docker", "run", "--rm", "--log-driver", "none"]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.extend(argv([
+        "--volume".to_string(),
         format!("{volume}:{mount}"),
         image.into(),
         "sh".into(),
         "-c".into(),
-        RESTORE_IN_CONTAINER.into(),
-        "restore".into(),
-        member.into(),
-        mount,
-    ]);
+        VOLUME_IN_CONTAINER.into(),
+        "provision-volume".into(),
+    ]));
+    a.push(args[0].to_string());
+    a.push(args[1].to_string());
+    a.push(mount);
+    a.extend(args[2..].iter().map(|s| s.to_string()));
+    a
+}
+
+/// Extract folder `member` of the tar read on stdin beside the content of
+/// `volume` (creating the volume when missing) and print `@received SIZE
+/// SHA256` of the whole stream. Nothing is stopped and nothing replaced:
+/// [`swap_volume`] does that once the caller compared the digest.
+pub fn stage_volume(project: &str, volume: &str, member: &str, image: &str) -> String {
+    let q = shell(&[volume.to_string()]);
     [
         "set -e".to_string(),
         format!(
             "docker volume inspect {q} >/dev/null 2>&1 || {} >/dev/null",
             shell(&volume_create(project, volume))
         ),
-        format!(
-            "ids=$({})",
-            shell(&argv([
-                "docker",
-                "ps",
-                "-q",
-                "--filter",
-                &format!("volume={volume}")
-            ]))
-        ),
-        "[ -z \"$ids\" ] || docker stop $ids >/dev/null".into(),
-        "rc=0".into(),
-        format!("{} || rc=$?", shell(&run)),
-        "[ -z \"$ids\" ] || docker start $ids >/dev/null".into(),
-        "exit $rc".into(),
+        shell(&volume_container(
+            volume,
+            image,
+            &["-i"],
+            &["stage", member],
+        )),
     ]
     .join("\n")
+}
+
+/// Name of the container that swaps a volume's content: the restart
+/// watcher waits for it.
+pub fn swap_container(project: &str, volume: &str) -> String {
+    format!("{project}-swap-{volume}")
+}
+
+/// Replace the content of `volume` with the copy [`stage_volume`] staged, if
+/// its digest is `digest` (`SIZE SHA256`). Containers using the volume are
+/// stopped meanwhile and always started again. The swap container ignores
+/// the signals its CLI gets (`--sig-proxy=false`): once begun, the few
+/// renames run to their end.
+pub fn swap_volume(project: &str, volume: &str, member: &str, image: &str, digest: &str) -> String {
+    let name = swap_container(project, volume);
+    let run = volume_container(
+        volume,
+        image,
+        &["--sig-proxy=false", "--name", &name],
+        &["swap", member, digest],
+    );
+    [
+        "set -e".to_string(),
+        format!(
+            "{} >/dev/null 2>&1 || true",
+            shell(&argv(["docker", "rm", "--force", &name]))
+        ),
+        with_users_stopped(&[volume.to_string()], &shell(&run), true, &name),
+    ]
+    .join("\n")
+}
+
+/// Remove a staged copy that did not match what was sent.
+pub fn discard_staged(volume: &str, member: &str, image: &str) -> String {
+    shell(&volume_container(volume, image, &[], &["discard", member]))
 }
 
 /// The named volumes a container mounts, one per line.
@@ -599,6 +833,7 @@ mod tests {
                 read_only: true,
                 implied: false,
             }],
+            binds: vec![],
             volumes_from: vec!["pg-store".into()],
             env_file: Some("/var/lib/provision/pg/env/rails.env".into()),
             fluentd: Some("127.0.0.1:24224".into()),
@@ -763,42 +998,178 @@ mod tests {
     }
 
     #[test]
-    fn backup_stops_users_copies_read_only_and_restarts() {
+    fn backup_arms_the_restart_before_stopping_and_leaves_staging_out() {
         let b = backup_volumes(&["pgdata".into(), "my vol".into()], "debian:bookworm", true);
-        assert_eq!(
-            b,
+        assert!(b.starts_with(
             "set -e\n\
              docker volume inspect pgdata >/dev/null 2>&1 || { echo 'no volume pgdata on this host' >&2; exit 3; }\n\
-             docker volume inspect 'my vol' >/dev/null 2>&1 || { echo 'no volume my vol on this host' >&2; exit 3; }\n\
-             ids=$(docker ps -q --filter 'volume=pgdata' --filter 'volume=my vol')\n\
-             [ -z \"$ids\" ] || docker stop $ids >/dev/null\n\
-             rc=0\n\
-             docker run --rm --log-driver none --volume pgdata:/volumes/pgdata:ro --volume 'my vol:/volumes/my vol:ro' debian:bookworm tar -C /volumes -cf - pgdata 'my vol' || rc=$?\n\
-             [ -z \"$ids\" ] || docker start $ids >/dev/null\n\
-             exit $rc"
+             docker volume inspect 'my vol' >/dev/null 2>&1 || { echo 'no volume my vol on this host' >&2; exit 3; }\n"
+        ));
+        assert!(
+            b.contains("ids=$(docker ps -q --filter 'volume=pgdata' --filter 'volume=my vol')\n")
         );
+        assert!(b.contains(
+            "docker run --rm --log-driver none --volume pgdata:/volumes/pgdata:ro --volume 'my vol:/volumes/my vol:ro' \
+             debian:bookworm tar -C /volumes --anchored '--exclude=pgdata/.provision-incoming' '--exclude=pgdata/.provision-old' \
+             '--exclude=my vol/.provision-incoming' '--exclude=my vol/.provision-old' -cf - pgdata 'my vol'\n"
+        ));
+        // The watcher and the traps are in place before anything is stopped.
+        let order = [
+            "setsid sh -c",
+            "exec 9>",
+            "trap 'rc=$?;",
+            "trap 'exit 129' HUP",
+            "trap 'exit 141' PIPE",
+            "trap 'exit 143' TERM",
+            "docker stop $ids",
+            "debian:bookworm tar",
+            "finished=yes",
+        ];
+        let at: Vec<usize> = order.iter().map(|w| b.find(w).expect(w)).collect();
+        assert!(at.windows(2).all(|p| p[0] < p[1]), "{b}");
+        assert!(b.contains("; started_again; exit $rc' EXIT"));
         // Before a replacement: started again only if the copy failed.
         let pre = backup_volumes(&["d".into()], "img", false);
-        assert!(
-            pre.contains("[ $rc -eq 0 ] || { [ -z \"$ids\" ] || docker start $ids >/dev/null; }")
-        );
+        assert!(pre.contains(
+            "if [ $finished = yes ]; then told_done; else started_again; fi; exit $rc' EXIT"
+        ));
+    }
+
+    /// The in-container script, run by the real sh and GNU tar on a folder
+    /// standing for the volume.
+    fn volume_script(args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(VOLUME_IN_CONTAINER)
+            .arg("provision-volume")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin);
+        drop(input);
+        child.wait_with_output().unwrap()
     }
 
     #[test]
-    fn restore_extracts_beside_and_swaps_only_when_complete() {
-        let r = restore_volume("pg", "pgdata", "pgdata", "debian:bookworm");
-        assert!(r.starts_with("set -e\ndocker volume inspect pgdata >/dev/null 2>&1 || docker volume create --label 'provision.project=pg' pgdata >/dev/null\n"));
-        assert!(r.contains("ids=$(docker ps -q --filter 'volume=pgdata')"));
-        assert!(r.contains("docker run --rm -i --log-driver none --volume pgdata:/volumes/pgdata debian:bookworm sh -c "));
-        assert!(r.ends_with(" restore pgdata /volumes/pgdata || rc=$?\n[ -z \"$ids\" ] || docker start $ids >/dev/null\nexit $rc"));
-        // The old content goes only after tar read the whole archive.
-        let extract = RESTORE_IN_CONTAINER
-            .find("tar -C .provision-incoming")
+    fn a_volume_is_swapped_only_for_the_verified_whole_stream() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("old"), "old content").unwrap();
+        let v = vol.to_str().unwrap();
+        // A tar of folder `pgdata` with two members, as GNU tar writes it.
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, body) in [("pgdata/a", &b"first"[..]), ("pgdata/b", &[7u8; 2000][..])] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append_data(&mut h, name, body).unwrap();
+        }
+        let whole = b.into_inner().unwrap();
+        // Cut right after the first member's last block: GNU tar exits 0.
+        let cut = &whole[..1024];
+        let out = volume_script(&["stage", "pgdata", v], cut);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        let digest = said.trim().strip_prefix("@received ").unwrap().to_string();
+        assert!(digest.starts_with("1024 "), "{digest}");
+        // The sender knows the whole stream's digest: the swap is refused.
+        let want = format!(
+            "{} {}",
+            whole.len(),
+            hex::encode(sha2::Sha256::digest(&whole))
+        );
+        let out = volume_script(&["swap", "pgdata", v, &want], b"");
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("volume left as it was"));
+        assert_eq!(
+            std::fs::read_to_string(vol.join("old")).unwrap(),
+            "old content"
+        );
+        assert!(!vol.join("a").exists());
+        // A stream cut inside a member's data fails at once, also left as
+        // it was. (Cut inside a header, GNU tar exits 0 again.)
+        let out = volume_script(&["stage", "pgdata", v], &whole[..2000]);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(!vol.join(STAGING_DIR).exists());
+        // The whole stream: staged, then swapped with its digest.
+        let out = volume_script(&["stage", "pgdata", v], &whole);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("@received {want}")
+        );
+        let out = volume_script(&["swap", "pgdata", v, &want], b"");
+        assert!(out.status.success(), "{out:?}");
+        assert!(!vol.join("old").exists());
+        assert_eq!(std::fs::read(vol.join("a")).unwrap(), b"first");
+        assert_eq!(std::fs::read(vol.join("b")).unwrap(), vec![7u8; 2000]);
+        assert!(!vol.join(STAGING_DIR).exists() && !vol.join(OLD_DIR).exists());
+    }
+
+    #[test]
+    fn live_files_refuse_each_gateway_and_are_swapped_in_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let staged = format!("{d}/.incoming-postgis");
+        std::fs::create_dir(&staged).unwrap();
+        let token = crate::templates::NETWORK_GATEWAY_TOKEN;
+        std::fs::write(
+            format!("{staged}/pg_hba.conf"),
+            format!("local all all peer\nhost all all {token}  reject\nhost all all samenet scram-sha-256\n"),
+        )
+        .unwrap();
+        let line = install_live(
+            &staged,
+            &format!("{d}/postgis"),
+            &format!("{d}/postgis.hash"),
+            &[LiveFile {
+                name: "pg_hba.conf",
+                gateway: true,
+            }],
+            "pg",
+            "pg-postgis",
+            "HUP",
+            "postgis v1",
+        );
+        // The text logic only: Docker's answers stand in for the host's.
+        let stub = "docker() { case \"$1\" in network) echo '172.18.0.1 fd00:1::1 ';; *) echo false;; esac; }";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{stub}\n{line}"))
+            .output()
             .unwrap();
-        let wipe = RESTORE_IN_CONTAINER
-            .find("! -name .provision-incoming -exec rm")
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(format!("{d}/postgis/pg_hba.conf")).unwrap(),
+            "local all all peer\nhost all all 172.18.0.1/32  reject\nhost all all fd00:1::1/128  reject\n\
+             host all all samenet scram-sha-256\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{d}/postgis.hash")).unwrap(),
+            "postgis v1\n"
+        );
+        assert!(!std::path::Path::new(&staged).exists());
+        // No gateway: the step fails and installs nothing that would admit it.
+        std::fs::create_dir(&staged).unwrap();
+        std::fs::write(format!("{staged}/pg_hba.conf"), format!("{token}\n")).unwrap();
+        let stub = "docker() { echo ' '; }";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{stub}\n{line}"))
+            .output()
             .unwrap();
-        assert!(extract < wipe);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(std::fs::read_to_string(format!("{d}/postgis/pg_hba.conf"))
+            .unwrap()
+            .contains("172.18.0.1/32"));
     }
 
     #[test]

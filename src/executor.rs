@@ -126,6 +126,8 @@ pub struct Restore {
     pub file: PathBuf,
     /// The volumes the file holds.
     pub volumes: Vec<String>,
+    /// What every byte sent must add up to (checked before the run).
+    pub checked: crate::backup::Checked,
 }
 
 pub struct Host {
@@ -252,6 +254,7 @@ pub async fn execute_with(
         async move {
             let mut ctx = HostRun {
                 host: h.plan.host.clone(),
+                address: h.plan.address.clone(),
                 project,
                 board,
                 progress,
@@ -285,10 +288,15 @@ pub async fn execute_with(
 /// Whether a pending step runs under `--only HOST`: every step of that
 /// host; on the others, Run steps that need something on it (their
 /// container's injected settings changed: the only host came back with a
-/// new address, a new password...).
+/// new address, a new password...), and the steps that write its address
+/// (the firewall and pg_hba of a DB it uses), so a replacement at a new
+/// address is admitted and the old address dropped.
 pub fn only_includes(only: Option<&str>, s: &Step) -> bool {
     let Some(only) = only else { return true };
     if s.host == only {
+        return true;
+    }
+    if s.follows.iter().any(|h| h == only) {
         return true;
     }
     let prefix = format!("{only}/");
@@ -297,6 +305,7 @@ pub fn only_includes(only: Option<&str>, s: &Step) -> bool {
 
 struct HostRun {
     host: String,
+    address: String,
     project: String,
     board: Arc<Board>,
     progress: Arc<Progress>,
@@ -525,16 +534,46 @@ impl HostRun {
                 volumes.join(", ")
             ),
         );
-        let size = crate::backup::backup_to_file(t, &volumes, &path, false)
-            .await
-            .map_err(|e| format!("automatic backup before replacing {name} failed: {e}"))?;
+        let origin = crate::backup::Origin {
+            host: self.host.clone(),
+            address: self.address.clone(),
+            services: vec![service.clone()],
+        };
+        let written = match crate::backup::backup_to_file(t, &volumes, &path, false, &origin).await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                // The host starts them again when its copy failed; when the
+                // failure was here (the file), it reported success and left
+                // them stopped for the replacement that will not come now.
+                let start = commands::shell(&commands::start_container(name));
+                let _ = t
+                    .exec(Exec::new(start).timeout(Duration::from_secs(120)))
+                    .await;
+                return Err(format!(
+                    "automatic backup before replacing {name} failed: {e}"
+                ));
+            }
+        };
         let note = format!(
-            "backup of {} (before replacing {name}): {} ({size} bytes)",
+            "backup of {} (before replacing {name}): {} ({} bytes)",
             volumes.join(", "),
-            path.display()
+            path.display(),
+            written.manifest.size
         );
         self.progress.status(&self.host, &note);
         self.report.notes.push(note);
+        if !written.manifest.empty_volumes.is_empty() {
+            let warning = format!(
+                "WARNING: {}",
+                crate::volume_cli::empty_volumes_message(
+                    &self.host,
+                    &written.manifest.empty_volumes
+                )
+            );
+            self.progress.status(&self.host, &warning);
+            self.report.notes.push(warning);
+        }
         Ok(())
     }
 
@@ -561,7 +600,7 @@ impl HostRun {
             &self.host,
             &format!("restoring volume {name} from {}", r.file.display()),
         );
-        crate::backup::restore_from_file(t, &self.project, name, name, &r.file).await?;
+        crate::backup::restore_from_file(t, &self.project, name, name, &r.file, &r.checked).await?;
         let note = format!(
             "volume {name} restored from {} in {:.1} s",
             r.file.display(),
@@ -915,6 +954,7 @@ mod tests {
             actions: vec![],
             upstream: false,
             bases: vec![],
+            follows: vec![],
         }
     }
 
@@ -938,5 +978,16 @@ mod tests {
         assert!(only_includes(None, &redis));
         // `db` is not a prefix of `dbx`.
         assert!(!only_includes(Some("d"), &rails));
+        // The firewall and pg_hba on db follow web's address: --only web
+        // runs them, --only db leaves other hosts' such steps alone.
+        let mut firewall = step("db/firewall", StepKind::Firewall, &["db/docker"]);
+        firewall.follows = vec!["web".into()];
+        let mut hba = step("db/postgis/config", StepKind::Config, &["db/network"]);
+        hba.follows = vec!["web".into()];
+        let postgis_build = step("db/postgis/build", StepKind::Build, &["db/network"]);
+        assert!(only_includes(Some("web"), &firewall));
+        assert!(only_includes(Some("web"), &hba));
+        assert!(!only_includes(Some("web"), &postgis_build));
+        assert!(!only_includes(Some("cache"), &hba));
     }
 }

@@ -44,6 +44,9 @@ pub enum StepKind {
     DataContainer,
     Firewall,
     Build,
+    /// Live files (e.g. pg_hba.conf) installed on the host, the container
+    /// told to reload them.
+    Config,
     Run,
     Ready,
 }
@@ -64,6 +67,11 @@ pub enum Condition {
     },
     FirewallDiffers {
         marker: String,
+    },
+    /// The live files installed for `service` are not version `hash`.
+    ConfigDiffers {
+        service: String,
+        hash: String,
     },
     ImageMissing {
         tag: String,
@@ -124,6 +132,10 @@ pub struct Step {
     /// Images the step needs on the host first (a Dockerfile's FROM).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bases: Vec<String>,
+    /// Other hosts whose addresses this step writes (firewall rules,
+    /// pg_hba lines): `--only HOST` runs it when HOST is one of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub follows: Vec<String>,
 }
 
 pub const READY_TIMEOUT_SECS: u64 = 180;
@@ -161,6 +173,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             }],
             upstream: false,
             bases: vec![],
+            follows: vec![],
         });
         let mut ports = Vec::new();
         for s in &services {
@@ -194,6 +207,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
             }],
             upstream: false,
             bases: vec![],
+            follows: vec![],
         });
         // Each volume once, saying why provision added the implied ones.
         let mut volumes: BTreeMap<&str, String> = BTreeMap::new();
@@ -226,6 +240,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 }],
                 upstream: false,
                 bases: vec![],
+                follows: vec![],
             });
         }
         for d in inv.data.iter().filter(|d| d.host == host.name) {
@@ -245,6 +260,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 }],
                 upstream: false,
                 bases: vec![],
+                follows: vec![],
             });
         }
 
@@ -260,6 +276,18 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 _ => None,
             })
             .collect();
+        // The hosts whose addresses these rules hold: `--only` of one of
+        // them runs this step too.
+        let mut followed: Vec<String> = Vec::new();
+        for r in &ports {
+            if let Reach::Only { peers } = &r.from {
+                for p in peers.iter().filter(|p| inv.host(&p.name).is_some()) {
+                    if !followed.contains(&p.name) {
+                        followed.push(p.name.clone());
+                    }
+                }
+            }
+        }
         if !guards.is_empty() {
             let probe_files = firewall::files(&project, &guards, "");
             let marker = context_hash(&probe_files)[..16].to_string();
@@ -292,6 +320,7 @@ pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Dia
                 ],
                 upstream: false,
                 bases: vec![],
+                follows: followed,
             });
         }
 
@@ -377,6 +406,31 @@ pub fn clients(inv: &Inventory, s: &Service) -> Vec<String> {
         .collect()
 }
 
+/// Names of the other hosts whose services use `s` (the hosts behind
+/// [`clients`]).
+pub fn client_hosts(inv: &Inventory, s: &Service) -> Vec<String> {
+    reach::users(inv, s)
+        .into_iter()
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// Services on `s`'s own host that use it.
+pub fn local_users(inv: &Inventory, s: &Service) -> Vec<String> {
+    inv.services
+        .iter()
+        .filter(|c| c.host == s.host && c.name != s.name)
+        .filter(|c| c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Where a service's live files are installed on its host (mounted
+/// read-only into its container), and the version file the probe reads.
+pub fn live_dir(root: &str, service: &str) -> String {
+    format!("{root}/live/{service}")
+}
+
 /// How `consumer` reaches `provider`: by container name on the same host's
 /// network, by the provider host's address and published port otherwise.
 pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> Option<UsedService> {
@@ -437,6 +491,7 @@ fn service_steps(
         .into(),
         uses: uses.clone(),
         clients: clients(inv, s),
+        local_users: local_users(inv, s),
     };
     let mut files = t.render(vars, &input).map_err(|e| {
         inv.diagnostic(
@@ -445,6 +500,26 @@ fn service_steps(
             None,
         )
     })?;
+    // Live files stay out of the image (and its context hash): a change of
+    // them is a reload, not a rebuild and a new container.
+    let mut live_files = Vec::new();
+    if let Some(live) = &t.manifest.live {
+        for name in &live.files {
+            let Some(i) = files.iter().position(|f| &f.path == name) else {
+                return Err(inv.diagnostic(
+                    &format!("services.{}.template", s.name),
+                    format!(
+                        "template `{}`: its live file {name} is not among its files",
+                        t.name
+                    ),
+                    None,
+                ));
+            };
+            let mut f = files.remove(i);
+            f.mode = 0o644;
+            live_files.push(f);
+        }
+    }
     let mut fetch = None;
     if t.manifest.app {
         match &inv.app {
@@ -538,6 +613,7 @@ fn service_steps(
         actions: build_actions,
         upstream,
         bases,
+        follows: vec![],
     };
 
     // The container's environment: plain values, secrets, and what the
@@ -643,6 +719,88 @@ fn service_steps(
         None => None,
     };
     let container = container_name(project, &s.name);
+    // Live files: installed beside the container and mounted read-only; the
+    // run line names only the folder, so the spec hash (and the container)
+    // does not change when they do.
+    let mut binds = Vec::new();
+    let mut config = None;
+    if let (Some(live), false) = (&t.manifest.live, live_files.is_empty()) {
+        if let Some(f) = live_files.iter().find(|f| f.path.contains('/')) {
+            return Err(inv.diagnostic(
+                &format!("services.{}.template", s.name),
+                format!(
+                    "template `{}`: live file {} must be at the top of the template folder",
+                    t.name, f.path
+                ),
+                None,
+            ));
+        }
+        let dir = live_dir(root, &s.name);
+        binds.push(crate::inventory::VolumeMount {
+            volume: dir.clone(),
+            path: live.mount.clone(),
+            read_only: true,
+            implied: false,
+        });
+        let token = crate::templates::NETWORK_GATEWAY_TOKEN.as_bytes();
+        let listed: Vec<commands::LiveFile> = live_files
+            .iter()
+            .map(|f| commands::LiveFile {
+                name: &f.path,
+                gateway: f.data.windows(token.len()).any(|w| w == token),
+            })
+            .collect();
+        let hash = self::context_hash(&live_files);
+        // The marker changes with the content and with where and how it
+        // is applied.
+        let version = hash_str(&format!(
+            "{hash} {project} {} {}",
+            live.mount, live.reload_signal
+        ))[..16]
+            .to_string();
+        let staged = format!("{root}/live/.incoming-{}", s.name);
+        let names: Vec<&str> = live_files.iter().map(|f| f.path.as_str()).collect();
+        config = Some(Step {
+            id: id("config"),
+            host: s.host.clone(),
+            service: Some(s.name.clone()),
+            kind: StepKind::Config,
+            summary: format!(
+                "install {} of {} (mounted read-only at {}; a change is a reload: SIG{})",
+                names.join(", "),
+                s.name,
+                live.mount,
+                live.reload_signal
+            ),
+            needs: vec![format!("{}/network", s.host)],
+            when: Condition::ConfigDiffers {
+                service: s.name.clone(),
+                hash: version.clone(),
+            },
+            actions: vec![
+                Action::Upload {
+                    dir: staged.clone(),
+                    shown: format!("{}, sha256 {}", names.join(", "), &hash[..12]),
+                    files: live_files.clone(),
+                },
+                Action::Run {
+                    line: commands::install_live(
+                        &staged,
+                        &dir,
+                        &format!("{root}/live/{}.hash", s.name),
+                        &listed,
+                        project,
+                        &container,
+                        &live.reload_signal,
+                        &format!("{} {version}", s.name),
+                    ),
+                },
+            ],
+            upstream,
+            bases: vec![],
+            follows: client_hosts(inv, s),
+        });
+    }
     let spec = RunSpec {
         project: project.clone(),
         service: s.name.clone(),
@@ -653,6 +811,7 @@ fn service_steps(
         bind_address: reach::bind_address(inv, s).ok().flatten(),
         publish: s.publish.clone(),
         volumes: s.volumes.clone(),
+        binds,
         volumes_from: s
             .volumes_from
             .iter()
@@ -680,6 +839,16 @@ fn service_steps(
         } else {
             needs.push(ready);
         }
+        // Across hosts: only once the provider's host admits this one.
+        if p.host != s.host && s.uses.contains(&p.name) && !p.publish.is_empty() {
+            needs.push(format!("{}/firewall", p.host));
+            if loaded.templates[d].manifest.live.is_some() {
+                needs.push(format!("{}/{}/config", p.host, p.name));
+            }
+        }
+    }
+    if config.is_some() {
+        needs.push(id("config"));
     }
     for v in &s.volumes {
         needs.push(format!("{}/volume/{}", s.host, v.volume));
@@ -740,6 +909,7 @@ fn service_steps(
         actions: run_actions,
         upstream,
         bases: vec![],
+        follows: vec![],
     };
     let mut runs = vec![run];
     let has_users = inv
@@ -761,9 +931,10 @@ fn service_steps(
             }],
             upstream,
             bases: vec![],
+            follows: vec![],
         });
     }
-    Ok((vec![build], runs))
+    Ok((vec![build].into_iter().chain(config).collect(), runs))
 }
 
 /// Fetch the app tarball with curl's config file `cfg` (it holds the

@@ -96,6 +96,9 @@ fn condition(c: &Condition) -> String {
         Condition::FirewallDiffers { marker } => {
             format!("the firewall rules are not version {marker}")
         }
+        Condition::ConfigDiffers { service, hash } => {
+            format!("the live files of {service} are not version {hash}")
+        }
         Condition::ImageMissing { tag } => {
             format!("image {tag} is missing (its tag is the context hash)")
         }

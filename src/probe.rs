@@ -39,6 +39,8 @@ pub struct HostState {
     pub volumes: BTreeSet<String>,
     /// The firewall marker found in the project's chain, if it is hooked.
     pub firewall: Option<String>,
+    /// Version of the live files installed per service.
+    pub config: BTreeMap<String, String>,
     /// Base images present on the host.
     pub bases: BTreeSet<String>,
     /// Images the host recently failed to pull, with the time (epoch s).
@@ -57,6 +59,7 @@ impl HostState {
             networks: BTreeSet::new(),
             volumes: BTreeSet::new(),
             firewall: None,
+            config: BTreeMap::new(),
             bases: BTreeSet::new(),
             unpullable: BTreeMap::new(),
             now: 0,
@@ -81,7 +84,7 @@ impl HostState {
             if let Some(name) = line.strip_prefix('@') {
                 section = match name {
                     "images" | "containers" | "networks" | "volumes" | "firewall" | "bases"
-                    | "unpullable" => name,
+                    | "unpullable" | "config" => name,
                     _ => "",
                 };
                 continue;
@@ -125,6 +128,11 @@ impl HostState {
                 "bases" => {
                     s.bases.insert(line.to_string());
                 }
+                "config" => {
+                    if let Some((service, version)) = line.split_once(' ') {
+                        s.config.insert(service.to_string(), version.to_string());
+                    }
+                }
                 "unpullable" => {
                     if let Some((image, when)) = line.rsplit_once(' ') {
                         if let Ok(when) = when.parse() {
@@ -166,6 +174,7 @@ impl HostState {
             Condition::VolumeMissing { name } => !self.volumes.contains(name),
             Condition::ContainerMissing { name } => !self.containers.contains_key(name),
             Condition::FirewallDiffers { marker } => self.firewall.as_ref() != Some(marker),
+            Condition::ConfigDiffers { service, hash } => self.config.get(service) != Some(hash),
             Condition::ImageMissing { tag } => !self.images.contains(tag),
             Condition::ContainerOutdated { name, spec, .. } => match self.containers.get(name) {
                 Some(c) => !c.running || &c.spec != spec,

@@ -49,12 +49,35 @@ pub struct Manifest {
     /// `docker inspect` never shows them. The others stay environment.
     #[serde(default)]
     pub secret_files: Vec<String>,
+    /// Rendered files kept out of the image: uploaded to the host and
+    /// mounted read-only into the container, so a change (e.g. pg_hba's
+    /// client hosts) is applied with a reload, never with a new container.
+    #[serde(default)]
+    pub live: Option<Live>,
 }
 
 /// Where a secret file is mounted in the container.
 pub fn secret_file_path(name: &str) -> String {
     format!("/run/secrets/{name}")
 }
+
+/// See [`Manifest::live`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Live {
+    /// Paths of rendered files (relative to the template folder).
+    pub files: Vec<String>,
+    /// Folder inside the container where they appear, read-only.
+    pub mount: String,
+    /// Signal sent to the container's main process when they changed
+    /// (`docker kill --signal`), e.g. `HUP`.
+    pub reload_signal: String,
+}
+
+/// What `{{ network_gateway }}` renders to in a template: the host fills in
+/// the gateway address(es) of the project's network when it installs a live
+/// file (one copy of the line per address, as `ADDR/32` or `ADDR/128`).
+pub const NETWORK_GATEWAY_TOKEN: &str = "@PROVISION_NETWORK_GATEWAY@";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -428,6 +451,8 @@ pub struct RenderInput {
     pub host: BTreeMap<String, String>,
     pub uses: BTreeMap<String, UsedService>,
     pub clients: Vec<String>,
+    /// Services on the same host that use this one.
+    pub local_users: Vec<String>,
 }
 
 impl Template {
@@ -614,6 +639,11 @@ fn context(vars: &BTreeMap<String, Value>, input: &RenderInput) -> Value {
     ctx.insert("host".into(), Value::from_serialize(&input.host));
     ctx.insert("uses".into(), Value::from_serialize(&input.uses));
     ctx.insert("clients".into(), Value::from_serialize(&input.clients));
+    ctx.insert(
+        "local_users".into(),
+        Value::from_serialize(&input.local_users),
+    );
+    ctx.insert("network_gateway".into(), Value::from(NETWORK_GATEWAY_TOKEN));
     Value::from_serialize(&ctx)
 }
 
@@ -642,6 +672,7 @@ mod tests {
             .into(),
             uses: BTreeMap::new(),
             clients: vec![],
+            local_users: vec![],
         }
     }
 

@@ -144,7 +144,37 @@ fn rate(bytes: u64, secs: f64) -> String {
     )
 }
 
-pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, lock: LockPolicy) -> i32 {
+/// The services on `host` that mount any of `volumes`.
+fn services_of(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
+    inv.services
+        .iter()
+        .filter(|s| s.host == host && s.volumes.iter().any(|m| volumes.contains(&m.volume)))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Why a volume without a single regular file is worth a stop: its
+/// service's data is elsewhere (e.g. an anonymous volume beneath it).
+pub fn empty_volumes_message(host: &str, empty: &[String]) -> String {
+    format!(
+        "volume{} {} on {host} hold{} no file at all (only folders, if anything): the data of \
+         {} service is not in {}; is it mounted beneath it, in an anonymous volume \
+         (`docker inspect` the container's Mounts)?",
+        if empty.len() == 1 { "" } else { "s" },
+        empty.join(", "),
+        if empty.len() == 1 { "s" } else { "" },
+        if empty.len() == 1 { "its" } else { "their" },
+        if empty.len() == 1 { "it" } else { "them" },
+    )
+}
+
+pub async fn backup(
+    inv: &Inventory,
+    t: &str,
+    output: Option<&Path>,
+    allow_empty: bool,
+    lock: LockPolicy,
+) -> i32 {
     let (host, volume) = match target(inv, t) {
         Ok(x) => x,
         Err(e) => {
@@ -182,10 +212,32 @@ pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, lock: LockP
         "{host}: backing up {} (containers using them are stopped for the copy)",
         volumes.join(", ")
     );
-    let r = backup::backup_to_file(session.hosts[0].as_ref(), &volumes, &path, true).await;
+    let origin = backup::Origin {
+        host: host.to_string(),
+        address: inv
+            .host(host)
+            .map(|h| h.address.clone())
+            .unwrap_or_default(),
+        services: services_of(inv, host, &volumes),
+    };
+    let r = backup::backup_to_file(session.hosts[0].as_ref(), &volumes, &path, true, &origin).await;
     let secs = started.elapsed().as_secs_f64();
     match r {
-        Ok(size) => {
+        Ok(w) if !w.manifest.empty_volumes.is_empty() && !allow_empty => {
+            backup::remove_backup(&path);
+            let msg = empty_volumes_message(host, &w.manifest.empty_volumes);
+            session
+                .close(&format!(
+                    "FAILED: backup: empty {}",
+                    w.manifest.empty_volumes.join(",")
+                ))
+                .await;
+            eprintln!(
+                "error: backup: {msg}\nNo backup was kept; --allow-empty keeps an empty one."
+            );
+            EXIT_FAILED
+        }
+        Ok(w) => {
             session
                 .close(&format!(
                     "ok: backup of {} to {}",
@@ -193,11 +245,19 @@ pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, lock: LockP
                     path.display()
                 ))
                 .await;
+            if !w.manifest.empty_volumes.is_empty() {
+                eprintln!(
+                    "warning: {} (kept: --allow-empty)",
+                    empty_volumes_message(host, &w.manifest.empty_volumes)
+                );
+            }
             println!(
-                "backup of {host} ({}) -> {} ({})",
+                "backup of {host} ({}) -> {} ({}, sha256 {}, manifest {})",
                 volumes.join(", "),
                 path.display(),
-                rate(size, secs)
+                rate(w.manifest.size, secs),
+                &w.manifest.sha256[..16],
+                w.manifest_path.display()
             );
             EXIT_OK
         }
@@ -209,7 +269,13 @@ pub async fn backup(inv: &Inventory, t: &str, output: Option<&Path>, lock: LockP
     }
 }
 
-pub async fn restore(inv: &Inventory, t: &str, file: &Path, lock: LockPolicy) -> i32 {
+pub async fn restore(
+    inv: &Inventory,
+    t: &str,
+    file: &Path,
+    unverified: bool,
+    lock: LockPolicy,
+) -> i32 {
     let (host, volume) = match target(inv, t) {
         Ok(x) => x,
         Err(e) => {
@@ -217,13 +283,21 @@ pub async fn restore(inv: &Inventory, t: &str, file: &Path, lock: LockPolicy) ->
             return EXIT_BAD_INPUT;
         }
     };
-    let in_file = match backup::archive_volumes(file) {
-        Ok(v) => v,
+    // The whole file is checked before any host is contacted.
+    let checked = match backup::check_backup(file, unverified) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: restore: {e}");
             return EXIT_BAD_INPUT;
         }
     };
+    if checked.manifest.is_none() {
+        eprintln!(
+            "warning: restore: {} has no manifest: only its tar structure was checked (--unverified)",
+            file.display()
+        );
+    }
+    let in_file = &checked.volumes;
     // (volume on the host, folder in the file)
     let pairs: Vec<(String, String)> = match volume {
         Some(v) if in_file.iter().any(|f| f == v) => vec![(v.into(), v.into())],
@@ -245,21 +319,26 @@ pub async fn restore(inv: &Inventory, t: &str, file: &Path, lock: LockPolicy) ->
             return EXIT_FAILED;
         }
     };
-    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     for (v, member) in &pairs {
         let started = Instant::now();
-        let r =
-            backup::restore_from_file(session.hosts[0].as_ref(), &session.project, v, member, file)
-                .await;
+        let r = backup::restore_from_file(
+            session.hosts[0].as_ref(),
+            &session.project,
+            v,
+            member,
+            file,
+            &checked,
+        )
+        .await;
         if let Err(e) = r {
             session.close(&format!("FAILED: restore: {e}")).await;
             eprintln!("error: {e}");
             return EXIT_FAILED;
         }
         println!(
-            "restored volume {v} on {host} from {} ({})",
+            "restored volume {v} on {host} from {} ({}, sha256 verified on the host)",
             file.display(),
-            rate(size, started.elapsed().as_secs_f64())
+            rate(checked.size, started.elapsed().as_secs_f64())
         );
     }
     session

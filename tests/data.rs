@@ -2,7 +2,11 @@
 //! local playground machines (issue 6):
 //!
 //! 1. provision web + db, create rows through nginx -> rails -> postgis,
-//!    `backup db`;
+//!    `backup db` (with its manifest); pg_hba does not admit the Docker
+//!    network's gateway; a copy cut exactly at a member boundary and one with
+//!    a corrupted byte are refused by `restore` with every row kept; a
+//!    backup whose copy is killed (its process group, SIGKILL) leaves
+//!    PostGIS running again; a backup of an empty volume says so;
 //! 2. destroy db (its machine and the volume holding its Docker data) and
 //!    create a blank one at a new address;
 //! 3. `--only db --restore-from FILE`: the old rows are served from the new
@@ -11,7 +15,10 @@
 //!    refused and `--break-lock` breaks it;
 //! 5. db down during a full run: web does what does not need db (and backs
 //!    up a volume before replacing its container), the run fails naming db;
-//!    with db back, a rerun exits 0.
+//!    with db back, a rerun exits 0;
+//! 6. web destroyed and replaced by a blank machine at a new address:
+//!    `--only web` serves the old rows; db's firewall and pg_hba admit the
+//!    new address and no longer the old one, PostgreSQL was not restarted.
 //!
 //! Own project name and a 10.214.x.0/24 subnet; a guard removes the
 //! machines even when the test fails. Under CI=true a missing engine fails.
@@ -29,6 +36,8 @@ struct Lab {
     dir: tempfile::TempDir,
     project: String,
     net: String,
+    /// Last octet of web's current address.
+    web_last: std::cell::Cell<u8>,
 }
 
 impl Lab {
@@ -53,6 +62,7 @@ impl Lab {
             dir,
             project: format!("pvdata-{pid}"),
             net: format!("10.214.{}", 20 + pid % 200),
+            web_last: std::cell::Cell::new(10),
         })
     }
 
@@ -72,6 +82,12 @@ impl Lab {
     /// or a plain SSH host there when `db_plain`); `redis_tz` is a harmless
     /// setting that changes redis' spec when changed.
     fn write_hosts(&self, db_last: u8, db_plain: bool, redis_tz: &str) {
+        self.write_hosts_web(self.web_last.get(), db_last, db_plain, redis_tz)
+    }
+
+    /// [`Lab::write_hosts`] with web at `web_last`.
+    fn write_hosts_web(&self, web_last: u8, db_last: u8, db_plain: bool, redis_tz: &str) {
+        self.web_last.set(web_last);
         let db = if db_plain {
             format!(
                 "[hosts.db]\naddress = \"{}\"\nidentity = \".provision/id_ed25519\"\n",
@@ -129,7 +145,7 @@ public = true
 uses = ["rails"]
 "#,
             project = self.project,
-            web = self.addr(10),
+            web = self.addr(web_last),
         );
         std::fs::write(self.path().join("hosts.toml"), text).unwrap();
     }
@@ -216,7 +232,7 @@ uses = ["rails"]
     /// GET / through nginx on web: the page records a visit; returns the
     /// total number of visits it shows. Polls until the app answers.
     fn visit(&self) -> u64 {
-        let addr = format!("{}:80", self.addr(10));
+        let addr = format!("{}:80", self.addr(self.web_last.get()));
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -324,6 +340,49 @@ fn wait_for_ssh(lab: &Lab, addr: &str) {
     panic!("{addr}: no ssh + docker within 90 s");
 }
 
+/// Rows of the app's visits table, counted in PostGIS on `addr`.
+fn rows_in_db(lab: &Lab, addr: &str) -> u64 {
+    lab.ssh_ok(
+        addr,
+        &format!(
+            "docker exec -u postgres {} psql -X -d app -tAc 'select count(*) from visits'",
+            lab.container("postgis")
+        ),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// Where each member of a tar file ends (header and data blocks), and where
+/// each member's data starts.
+fn members(path: &Path) -> Vec<(u64, u64, u64)> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let size = e.header().entry_size().unwrap();
+            let data = e.raw_file_position();
+            (data, size, data + size.div_ceil(512) * 512)
+        })
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Poll until `check` holds, or panic saying `what` after `secs`.
+fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn backup_replace_a_failed_host_migrate_and_partial_failure() {
     let Some(lab) = Lab::new() else { return };
@@ -353,9 +412,130 @@ fn backup_replace_a_failed_host_migrate_and_partial_failure() {
         .unwrap_or_else(|| panic!("no db backup in {backups:?}"))
         .clone();
     let file = lab.state().join("backups").join(file);
+    // Its manifest beside it: size and SHA-256 of the file; both private.
+    let manifest_path = PathBuf::from(format!("{}.manifest.json", file.display()));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    assert_eq!(
+        manifest["size"].as_u64(),
+        Some(std::fs::metadata(&file).unwrap().len())
+    );
+    assert_eq!(manifest["volumes"], serde_json::json!(["pgdata"]));
+    assert_eq!(manifest["services"], serde_json::json!(["postgis"]));
+    assert_eq!((mode(&file), mode(&manifest_path)), (0o600, 0o600));
     // The backup restarted postgis: the app still works.
     assert_eq!(lab.visit(), rows + 1);
-    let rows = rows + 1; // the backup holds `rows - 1` rows; next visit adds 1
+    let db0 = lab.addr(11);
+
+    // pg_hba admits nothing through the Docker network's gateway (where
+    // docker-proxy's connections come from): from db itself, a connection
+    // to the container's own address is refused before any password.
+    let from_gateway = lab.ssh(
+        &db0,
+        &format!(
+            "ip=$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {c}) && \
+             img=$(docker inspect -f '{{{{.Config.Image}}}}' {c}) && \
+             docker run --rm --network host --entrypoint psql \"$img\" \
+               \"host=$ip port=5432 user=app dbname=app password=not-the-password sslmode=disable connect_timeout=5\" -c 'select 1'",
+            c = lab.container("postgis")
+        ),
+    );
+    let said = String::from_utf8_lossy(&from_gateway.stderr);
+    assert!(
+        !from_gateway.status.success() && said.contains("no pg_hba.conf entry"),
+        "the gateway got past pg_hba: {said}"
+    );
+
+    // A copy cut exactly at a member boundary (GNU tar reads it without a
+    // word) and a copy with one corrupted byte, each with the manifest:
+    // `restore` refuses both before touching db, every row is kept.
+    let whole = std::fs::read(&file).unwrap();
+    let list = members(&file);
+    let (_, _, cut_at) = list[list.len() / 2];
+    std::fs::write(lab.path().join("cut.tar"), &whole[..cut_at as usize]).unwrap();
+    let (data_at, _, _) = *list.iter().rev().find(|(_, size, _)| *size > 0).unwrap();
+    let mut bad = whole.clone();
+    bad[data_at as usize] ^= 0x20;
+    std::fs::write(lab.path().join("bad.tar"), &bad).unwrap();
+    for f in ["cut.tar", "bad.tar"] {
+        std::fs::copy(
+            &manifest_path,
+            lab.path().join(format!("{f}.manifest.json")),
+        )
+        .unwrap();
+    }
+    let rows_before = rows_in_db(&lab, &db0);
+    for (f, why) in [("cut.tar", "truncated"), ("bad.tar", "corrupted")] {
+        let out = lab.provision(&["restore", "db", f]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "restore {f}: {err}");
+        assert!(
+            err.contains(why) && err.contains("nothing was touched"),
+            "restore {f}: {err}"
+        );
+    }
+    assert_eq!(rows_in_db(&lab, &db0), rows_before);
+
+    // A backup whose copy is killed with its whole process group (SIGKILL:
+    // no trap runs; a timeout's escalation or a dropped connection that
+    // takes the shell does the same) leaves PostGIS running again. A sparse
+    // 2 GB file in the volume keeps the copy going long enough to catch it.
+    let sparse = "/var/lib/docker/volumes/pgdata/_data/provision-test-sparse";
+    lab.ssh_ok(&db0, &format!("truncate -s 2G {sparse}"));
+    let killed = lab.path().join("killed.tar");
+    let mut backup = Command::new(BIN)
+        .current_dir(lab.path())
+        .args(["--hosts", "hosts.toml", "backup", "db", "-o"])
+        .arg(&killed)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = lab.path().join("killed.tar.partial");
+    wait_until(90, "the backup copy started", || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 1 << 20)
+    });
+    lab.ssh_ok(
+        &db0,
+        "pg=$(ps -eo pgid=,args= | awk '$2 == \"sh\" && $3 == \"-c\" && index($0, \"tar -C /volumes --anchored\") { print $1; exit }') && \
+         [ -n \"$pg\" ] && kill -KILL -- -$pg",
+    );
+    let mut status = None;
+    wait_until(60, "the killed backup ended", || {
+        status = backup.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(1));
+    assert!(!killed.exists() && !partial.exists());
+    let running = format!(
+        "docker inspect -f '{{{{.State.Running}}}}' {}",
+        lab.container("postgis")
+    );
+    wait_until(60, "PostGIS running again after the killed backup", || {
+        lab.ssh_ok(&db0, &running).trim() == "true"
+    });
+    lab.ssh_ok(&db0, &format!("rm -f {sparse}"));
+    assert_eq!(lab.visit(), rows + 2);
+    // The backup holds `rows` rows: after restoring it, the next visit
+    // shows `rows + 1`.
+    let rows = rows + 1;
+
+    // A volume with no file: the backup says so and keeps nothing, unless
+    // asked to.
+    lab.ssh_ok(&db0, "docker volume create empty-data >/dev/null");
+    let out = lab.provision(&["backup", "db:empty-data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("empty-data on db holds no file"), "{err}");
+    assert!(
+        !lab.backups().iter().any(|b| b.contains("empty-data")),
+        "{:?}",
+        lab.backups()
+    );
+    let kept = lab.path().join("empty.tar");
+    let kept_arg = kept.to_string_lossy().into_owned();
+    lab.provision_ok(&["backup", "db:empty-data", "--allow-empty", "-o", &kept_arg]);
+    assert!(kept.exists() && PathBuf::from(format!("{kept_arg}.manifest.json")).exists());
     let before: Vec<(String, String)> = ["redis", "nginx"]
         .iter()
         .map(|s| (s.to_string(), lab.started_at(&web, s)))
@@ -552,4 +732,43 @@ fn backup_replace_a_failed_host_migrate_and_partial_failure() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(lab.visit(), rows + 1);
+
+    // 6. web destroyed too; a blank machine at a new address, alone.
+    let old_web = lab.addr(10);
+    let db_started = lab.started_at(&db, "postgis");
+    let web_machine = format!("{}-web", lab.project);
+    let web_volume = format!("{web_machine}-docker");
+    for args in [
+        vec!["rm", "--force", web_machine.as_str()],
+        vec!["volume", "rm", web_volume.as_str()],
+    ] {
+        let out = Command::new("docker").args(&args).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+    }
+    lab.write_hosts_web(13, 12, true, "Europe/Rome");
+    let new_web = lab.addr(13);
+    let t = Instant::now();
+    lab.provision_ok(&["--only", "web"]);
+    eprintln!(
+        "MEASURED --only web (blank host, new address): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(lab.visit(), rows + 2, "the old rows, served by the new web");
+    assert_eq!(
+        lab.started_at(&db, "postgis"),
+        db_started,
+        "PostgreSQL on db was restarted"
+    );
+    let hba = lab.ssh_ok(
+        &db,
+        &format!(
+            "docker exec {} cat /etc/provision/live/pg_hba.conf",
+            lab.container("postgis")
+        ),
+    );
+    assert!(hba.contains(&format!(" {new_web}/32 ")), "{hba}");
+    assert!(!hba.contains(&format!(" {old_web}/32 ")), "{hba}");
+    let rules = lab.ssh_ok(&db, "iptables -w -S");
+    assert!(rules.contains(&format!("-s {new_web}/32 ")), "{rules}");
+    assert!(!rules.contains(&format!("{old_web}/32 ")), "{rules}");
 }

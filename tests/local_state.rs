@@ -239,16 +239,24 @@ async fn a_backup_is_private_also_at_a_path_of_the_users_choosing() {
     // A leftover partial file of an earlier, older run, readable by all.
     std::fs::write(mine.join("pg.tar.partial"), "old").unwrap();
     chmod(&mine.join("pg.tar.partial"), 0o644);
-    let size = provision::backup::backup_to_file(&t, std::slice::from_ref(&volume.0), &file, false)
-        .await
-        .unwrap();
-    assert!(size > 0);
+    let origin = provision::backup::Origin::default();
+    let written = provision::backup::backup_to_file(
+        &t,
+        std::slice::from_ref(&volume.0),
+        &file,
+        false,
+        &origin,
+    )
+    .await
+    .unwrap();
+    assert!(written.manifest.size > 0);
     assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&written.manifest_path), 0o600);
     assert_eq!(mode(&mine), 0o755);
 
     // `-o` into folders that do not exist yet, as the state's backups/ is.
     let file = dir.path().join("new/backups/db.tar");
-    provision::backup::backup_to_file(&t, std::slice::from_ref(&volume.0), &file, false)
+    provision::backup::backup_to_file(&t, std::slice::from_ref(&volume.0), &file, false, &origin)
         .await
         .unwrap();
     assert_eq!(mode(&file), 0o600);

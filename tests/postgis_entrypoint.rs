@@ -88,6 +88,7 @@ fn image(db_name: &str, db_user: &str) -> String {
         .into(),
         uses: BTreeMap::new(),
         clients: vec![],
+        local_users: vec![],
     };
     let mut files = t.render(&vars, &input).unwrap();
     files.sort_by(|a, b| a.path.cmp(&b.path));

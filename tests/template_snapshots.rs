@@ -28,11 +28,12 @@ fn every_rendered_template_file() {
         .hosts
         .iter()
         .flat_map(|h| &h.steps)
-        .filter(|s| s.kind == StepKind::Build)
+        .filter(|s| s.kind == StepKind::Build || s.kind == StepKind::Config)
     {
         let service = step.service.as_deref().unwrap();
+        // Live files (pg_hba.conf) are uploaded by their own step.
         let Action::Upload { files, .. } = &step.actions[0] else {
-            panic!("build starts with an upload")
+            panic!("builds and live files start with an upload")
         };
         for f in files.iter().filter(|f| !f.path.starts_with("app/")) {
             let name = format!("{service}__{}", f.path.replace(['/', '.'], "_"));

@@ -13,7 +13,7 @@ PGDATA=/var/lib/postgresql/data
 DB_NAME={{ db_name | shell }}
 DB_USER={{ db_user | shell }}
 SECRET=/run/secrets/PG_PASSWORD
-HBA=/etc/provision/postgis/pg_hba.conf
+HBA=/etc/provision/live/pg_hba.conf
 
 as_postgres() {
     setpriv --reuid=postgres --regid=postgres --init-groups "$@"
