@@ -1065,7 +1065,7 @@ fn faults_secrets_and_concurrent_runs() {
     assert!(b.secs < 30.0, "--no-wait took {:.1} s", b.secs);
     assert!(
         b.all().contains("another run holds the lock")
-            && b.all().contains(&format!("(pid {},", a.child.id())),
+            && b.all().contains(&format!("(pid {})", a.child.id())),
         "{}",
         b.all()
     );
