@@ -120,6 +120,30 @@ fn image(db_name: &str, db_user: &str) -> String {
     tag
 }
 
+/// pg_hba.conf as the postgis template renders it for a host with no
+/// clients and no same-host users.
+fn rendered_pg_hba() -> Vec<u8> {
+    let t = templates::load(&TemplateRef::Builtin("postgis".into()), Path::new(".")).unwrap();
+    let vars = t.vars(&BTreeMap::new()).unwrap();
+    let input = RenderInput {
+        service: [("name".to_string(), "postgis".to_string())].into(),
+        host: [
+            ("name".to_string(), "db".to_string()),
+            ("address".to_string(), "127.0.0.1".to_string()),
+        ]
+        .into(),
+        uses: BTreeMap::new(),
+        clients: vec![],
+        local_users: vec![],
+    };
+    t.render(&vars, &input)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.path == "pg_hba.conf")
+        .expect("postgis renders pg_hba.conf")
+        .data
+}
+
 fn base_image() {
     let state = tempfile::tempdir().unwrap();
     tokio::runtime::Runtime::new()
@@ -179,7 +203,18 @@ impl Lab {
             secret.display()
         );
         let data = format!("{volume}:/var/lib/postgresql/data");
-        let mut args = vec!["run", "-d", "--name", &name, "--mount", &mount, "-v", &data];
+        // pg_hba.conf is a live file: provision installs it on the host and
+        // mounts its folder read-only; so does this lab.
+        let live = self.dir.path().join("live");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("pg_hba.conf"), rendered_pg_hba()).unwrap();
+        let hba = format!(
+            "type=bind,source={},target=/etc/provision/live,readonly",
+            live.display()
+        );
+        let mut args = vec![
+            "run", "-d", "--name", &name, "--mount", &mount, "--mount", &hba, "-v", &data,
+        ];
         for e in env {
             args.push("-e");
             args.push(e);
