@@ -79,18 +79,7 @@ fn image(db_name: &str, db_user: &str) -> String {
     let vars = t
         .vars(&user)
         .unwrap_or_else(|p| panic!("{db_name:?}/{db_user:?} refused: {p:?}"));
-    let input = RenderInput {
-        service: [("name".to_string(), "postgis".to_string())].into(),
-        host: [
-            ("name".to_string(), "db".to_string()),
-            ("address".to_string(), "127.0.0.1".to_string()),
-        ]
-        .into(),
-        uses: BTreeMap::new(),
-        clients: vec![],
-        local_users: vec![],
-    };
-    let mut files = t.render(&vars, &input).unwrap();
+    let mut files = t.render(&vars, &render_input()).unwrap();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let tag = format!(
         "{IMAGE_REPO}:{}",
@@ -120,12 +109,10 @@ fn image(db_name: &str, db_user: &str) -> String {
     tag
 }
 
-/// pg_hba.conf as the postgis template renders it for a host with no
-/// clients and no same-host users.
-fn rendered_pg_hba() -> Vec<u8> {
-    let t = templates::load(&TemplateRef::Builtin("postgis".into()), Path::new(".")).unwrap();
-    let vars = t.vars(&BTreeMap::new()).unwrap();
-    let input = RenderInput {
+/// What the postgis template is rendered with here: host `db`, no clients
+/// and no same-host users.
+fn render_input() -> RenderInput {
+    RenderInput {
         service: [("name".to_string(), "postgis".to_string())].into(),
         host: [
             ("name".to_string(), "db".to_string()),
@@ -135,8 +122,15 @@ fn rendered_pg_hba() -> Vec<u8> {
         uses: BTreeMap::new(),
         clients: vec![],
         local_users: vec![],
-    };
-    t.render(&vars, &input)
+    }
+}
+
+/// pg_hba.conf as the postgis template renders it for a host with no
+/// clients and no same-host users.
+fn rendered_pg_hba() -> Vec<u8> {
+    let t = templates::load(&TemplateRef::Builtin("postgis".into()), Path::new(".")).unwrap();
+    let vars = t.vars(&BTreeMap::new()).unwrap();
+    t.render(&vars, &render_input())
         .unwrap()
         .into_iter()
         .find(|f| f.path == "pg_hba.conf")
