@@ -884,6 +884,7 @@ async fn a_lock_holder_is_known_by_machine_boot_and_start_time() {
     let sshd = Sshd::start();
     let t = connect(&sshd).await;
     let project = format!("locktest-{}-{}", std::process::id(), rand::random::<u32>());
+    let _cleanup = RemoveOnDrop(Path::new("/var/lib/provision").join(&project));
     let me = RunId::current();
     let machine = read_trimmed("/etc/machine-id");
     let boot = read_trimmed("/proc/sys/kernel/random/boot_id");
@@ -978,7 +979,15 @@ async fn a_lock_holder_is_known_by_machine_boot_and_start_time() {
         .expect("a broken lock is reported");
     assert!(said.contains("no holder information"), "{said}");
     host_lock::release(&t, &project, &me).await.unwrap();
-    std::fs::remove_dir_all(Path::new("/var/lib/provision").join(&project)).unwrap();
+}
+
+/// Removes a folder the test made on this machine, also when it fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Item 17: a login shell whose rc file prints `1` before the process-group
