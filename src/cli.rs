@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 use crate::diagnostics::Diagnostic;
+use crate::events::{Counts, Event, Events};
 use crate::inventory::Inventory;
 use crate::load::{self, Loaded};
 use crate::plan::{self, Plan};
 use crate::plan_output;
+use crate::render::Audience;
 use crate::run;
 use crate::secrets::Generate;
 
@@ -32,7 +36,9 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// With --dry-run: print the plan as JSON.
+    /// With --dry-run: print the plan as JSON. On a run: print its events
+    /// as JSON Lines on stdout (one object per line, the last a `summary`
+    /// with the exit code); human text goes to stderr.
     #[arg(long)]
     pub json: bool,
 
@@ -315,14 +321,39 @@ async fn up(cli: &Cli, loaded: &Loaded, plan: Plan) -> i32 {
         break_lock: cli.break_lock,
         wait: (!cli.no_wait).then(|| std::time::Duration::from_secs(cli.lock_wait)),
     };
-    let reports = run::up_with(loaded, &plan, &opts, &policy).await;
+    let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    let audience = Audience::pick(cli.json);
+    let events = Arc::new(Events::new(
+        loaded.secrets.clone(),
+        audience.renderer(&names),
+    ));
+    events.log_to(&run::run_log(inv));
+    events.emit(Event::RunStarted {
+        project: inv.project.name.clone(),
+        hosts: names,
+        only: cli.only.clone(),
+    });
+    let reports = run::up_with(loaded, &plan, &opts, &policy, &events).await;
     crate::timing::mark("done");
-    print!("{}", loaded.secrets.mask(&run::summary(&reports, inv)));
-    if reports.iter().all(|r| r.ok()) {
+    let code = if reports.iter().all(|r| r.ok()) {
         EXIT_OK
     } else {
         EXIT_FAILED
+    };
+    let summary = loaded.secrets.mask(&run::summary(&reports, inv));
+    if audience == Audience::Json {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
     }
+    events.emit(Event::Summary {
+        hosts: reports
+            .iter()
+            .map(|r| (r.host.clone(), Counts::of(r)))
+            .collect(),
+        exit_code: code,
+    });
+    code
 }
 
 /// `--only`, `--restore-from` and the backup folder, checked before anything runs.

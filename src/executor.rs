@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::commands;
+use crate::events::{Counts, Event, Events, StepRef};
 use crate::plan::{Action, HostPlan, Plan, Step, StepKind};
 use crate::probe::HostState;
-use crate::progress::Progress;
 use crate::templates::ContextFile;
 use crate::transport::{Exec, Stream, Transport, TransportError};
 
@@ -53,18 +53,7 @@ impl HostReport {
     }
 
     pub fn summary(&self) -> String {
-        let mut s = format!(
-            "{} changed, {} unchanged, {} skipped, {} failed in {:.1} s",
-            self.changed.len(),
-            self.unchanged,
-            self.skipped.len(),
-            self.failed.len() + self.blocked.len(),
-            self.elapsed.as_secs_f64()
-        );
-        if self.changed.is_empty() && self.ok() {
-            s.push_str(" (nothing to do)");
-        }
-        s
+        Counts::of(self).text()
     }
 }
 
@@ -171,15 +160,15 @@ pub async fn probe_host(
 
 /// Execute the plan. `hosts` come with their connections (or the reason
 /// there is none); hosts of the plan missing from it are not touched.
-pub async fn execute(plan: &Plan, hosts: Vec<Host>, progress: Arc<Progress>) -> Vec<HostReport> {
-    execute_with(plan, hosts, progress, &Options::default()).await
+pub async fn execute(plan: &Plan, hosts: Vec<Host>, events: Arc<Events>) -> Vec<HostReport> {
+    execute_with(plan, hosts, events, &Options::default()).await
 }
 
 /// [`execute`] with [`Options`].
 pub async fn execute_with(
     plan: &Plan,
     mut hosts: Vec<Host>,
-    progress: Arc<Progress>,
+    events: Arc<Events>,
     opts: &Options,
 ) -> Vec<HostReport> {
     let started = Instant::now();
@@ -187,7 +176,7 @@ pub async fn execute_with(
     // Phase 1: probe every reachable host in parallel (unless the caller
     // already did, e.g. while taking the hosts' locks).
     let probes = futures::future::join_all(hosts.iter_mut().map(|h| {
-        let progress = progress.clone();
+        let events = events.clone();
         let project = plan.project.clone();
         let taken = h.probe.take();
         async move {
@@ -197,7 +186,10 @@ pub async fn execute_with(
                 None => probe_host(t.as_ref(), &project, &h.plan).await,
             };
             if let Err(e) = &result {
-                progress.status(&h.plan.host, &format!("probe failed: {e}"));
+                events.emit(Event::HostFailed {
+                    host: h.plan.host.clone(),
+                    error: format!("probe failed: {e}"),
+                });
             }
             Some(result)
         }
@@ -245,7 +237,7 @@ pub async fn execute_with(
     let known = Arc::new(known);
     let runs = hosts.into_iter().zip(probes).map(|(h, probe)| {
         let board = board.clone();
-        let progress = progress.clone();
+        let events = events.clone();
         let pending = pending.clone();
         let excluded = excluded.clone();
         let known = known.clone();
@@ -257,8 +249,9 @@ pub async fn execute_with(
                 address: h.plan.address.clone(),
                 project,
                 board,
-                progress,
+                events,
                 opts,
+                current: None,
                 excluded,
                 report: HostReport::default(),
             };
@@ -278,7 +271,10 @@ pub async fn execute_with(
                 }
             }
             ctx.report.elapsed = started.elapsed();
-            ctx.progress.host_done(&ctx.host, &ctx.report.summary());
+            ctx.events.emit(Event::HostSummary {
+                host: ctx.host.clone(),
+                counts: Counts::of(&ctx.report),
+            });
             ctx.report
         }
     });
@@ -303,19 +299,64 @@ pub fn only_includes(only: Option<&str>, s: &Step) -> bool {
     s.kind == StepKind::Run && s.needs.iter().any(|n| n.starts_with(&prefix))
 }
 
+/// The step a host runs now.
+struct Running {
+    step: StepRef,
+    /// As started: with what it rotates.
+    summary: String,
+    started: Instant,
+}
+
 struct HostRun {
     host: String,
     address: String,
     project: String,
     board: Arc<Board>,
-    progress: Arc<Progress>,
+    events: Arc<Events>,
     opts: Arc<Options>,
+    /// The step running now: what its output lines and its end belong to.
+    current: Option<Running>,
     excluded: Arc<HashSet<String>>,
     report: HostReport,
 }
 
 impl HostRun {
     fn finish(&mut self, step: &Step, o: Outcome) {
+        let running = self.current.take();
+        let (summary, elapsed_ms) = match &running {
+            Some(r) => (
+                r.summary.clone(),
+                crate::events::millis(r.started.elapsed()),
+            ),
+            None => (step.summary.clone(), 0),
+        };
+        let host = self.host.clone();
+        let sref = StepRef::of(step);
+        let event = match &o {
+            Outcome::Changed | Outcome::Unchanged => Event::StepFinished {
+                host,
+                step: sref,
+                summary,
+                changed: o == Outcome::Changed,
+                up_to_date: running.is_none(),
+                elapsed_ms,
+            },
+            Outcome::Skipped(why) => Event::StepSkipped {
+                host,
+                step: sref,
+                summary,
+                reason: why.clone(),
+            },
+            Outcome::Failed(why) | Outcome::Blocked(why) => Event::StepFailed {
+                host,
+                step: sref,
+                summary,
+                error: why.clone(),
+                blocked: matches!(o, Outcome::Blocked(_)),
+                elapsed_ms,
+            },
+        };
+        self.events.emit(event);
         match &o {
             Outcome::Changed => self.report.changed.push(step.summary.clone()),
             Outcome::Unchanged => self.report.unchanged += 1,
@@ -324,17 +365,18 @@ impl HostRun {
                 step.service.clone().unwrap_or_else(|| step.summary.clone()),
                 why.clone(),
             )),
-            Outcome::Failed(why) => {
-                self.progress
-                    .status(&self.host, &format!("FAILED: {}: {why}", step.summary));
-                self.report.failed.push((step.summary.clone(), why.clone()))
-            }
+            Outcome::Failed(why) => self.report.failed.push((step.summary.clone(), why.clone())),
             Outcome::Blocked(why) => self
                 .report
                 .blocked
                 .push((step.summary.clone(), why.clone())),
         }
         self.board.set(&step.id, o);
+    }
+
+    /// Something the user must know about this host.
+    fn notice(&self, text: impl Into<String>) {
+        self.events.notice(Some(&self.host), text);
     }
 
     async fn run(
@@ -399,8 +441,7 @@ impl HostRun {
             if let Some(e) = missing_base {
                 let o = if step.upstream {
                     let service = step.service.clone().unwrap_or_default();
-                    self.progress
-                        .status(&self.host, &format!("skipping {service}: {e}"));
+                    self.notice(format!("skipping {service}: {e}"));
                     Outcome::Skipped(e)
                 } else {
                     Outcome::Failed(e)
@@ -416,8 +457,16 @@ impl HostRun {
             } else {
                 format!("{}, rotates {}", step.summary, rotated.join(", "))
             };
-            self.progress.status(&self.host, &format!("{summary} ..."));
-            let started = Instant::now();
+            self.events.emit(Event::StepStarted {
+                host: self.host.clone(),
+                step: StepRef::of(step),
+                summary: summary.clone(),
+            });
+            self.current = Some(Running {
+                step: StepRef::of(step),
+                summary: summary.clone(),
+                started: Instant::now(),
+            });
             let mut result = self
                 .backup_before_replace(t, step, &state, &mut bases)
                 .await;
@@ -429,10 +478,6 @@ impl HostRun {
             }
             let o = match result {
                 Ok(()) => {
-                    self.progress.status(
-                        &self.host,
-                        &format!("{summary} done ({:.1} s)", started.elapsed().as_secs_f64()),
-                    );
                     if !rotated.is_empty() {
                         self.report.notes.push(format!(
                             "{}: rotates {} (the new value was set when the container started)",
@@ -469,10 +514,7 @@ impl HostRun {
                         bases.extend(fresh.bases.iter().cloned());
                         state = fresh;
                     }
-                    Err(e) => self.progress.status(
-                        &self.host,
-                        &format!("probe after starting Docker failed: {e}"),
-                    ),
+                    Err(e) => self.notice(format!("probe after starting Docker failed: {e}")),
                 }
             }
         }
@@ -527,13 +569,10 @@ impl HostRun {
             crate::backup::now_secs(),
             Some(&service),
         ));
-        self.progress.status(
-            &self.host,
-            &format!(
-                "backing up volume(s) {} of {name} before replacing it",
-                volumes.join(", ")
-            ),
-        );
+        self.notice(format!(
+            "backing up volume(s) {} of {name} before replacing it",
+            volumes.join(", ")
+        ));
         let origin = crate::backup::Origin {
             host: self.host.clone(),
             address: self.address.clone(),
@@ -561,7 +600,7 @@ impl HostRun {
             path.display(),
             written.manifest.size
         );
-        self.progress.status(&self.host, &note);
+        self.notice(note.clone());
         self.report.notes.push(note);
         if !written.manifest.empty_volumes.is_empty() {
             let warning = format!(
@@ -571,7 +610,7 @@ impl HostRun {
                     &written.manifest.empty_volumes
                 )
             );
-            self.progress.status(&self.host, &warning);
+            self.notice(warning.clone());
             self.report.notes.push(warning);
         }
         Ok(())
@@ -596,17 +635,14 @@ impl HostRun {
         }
         self.ensure_data_image(t, bases).await?;
         let started = Instant::now();
-        self.progress.status(
-            &self.host,
-            &format!("restoring volume {name} from {}", r.file.display()),
-        );
+        self.notice(format!("restoring volume {name} from {}", r.file.display()));
         crate::backup::restore_from_file(t, &self.project, name, name, &r.file, &r.checked).await?;
         let note = format!(
             "volume {name} restored from {} in {:.1} s",
             r.file.display(),
             started.elapsed().as_secs_f64()
         );
-        self.progress.status(&self.host, &note);
+        self.notice(note.clone());
         self.report.notes.push(note);
         Ok(())
     }
@@ -676,11 +712,20 @@ impl HostRun {
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(), String> {
-        let progress = self.progress.clone();
+        let events = self.events.clone();
         let host = self.host.clone();
+        let step = self.current.as_ref().map(|r| r.step.clone());
         let mut req = Exec::new(line)
             .timeout(timeout)
-            .on_line(move |_s: Stream, l: &str| progress.output(&host, l));
+            .on_line(move |_s: Stream, l: &str| {
+                if let Some(step) = &step {
+                    events.emit(Event::StepOutput {
+                        host: host.clone(),
+                        step: step.clone(),
+                        line: l.to_string(),
+                    })
+                }
+            });
         if let Some(b) = stdin {
             req = req.stdin_bytes(b);
         }
@@ -741,10 +786,9 @@ impl HostRun {
         state: &HostState,
     ) -> Result<(), String> {
         if local_has_image(image).await {
-            self.progress.status(
-                &self.host,
-                &format!("shipping image {image} from this computer (docker save | docker load)"),
-            );
+            self.notice(format!(
+                "shipping image {image} from this computer (docker save | docker load)"
+            ));
             return ship_image(t, image).await;
         }
         if let Some(when) = state.recently_unpullable(image, RETRY_PULL_AFTER_SECS) {
@@ -754,8 +798,7 @@ impl HostRun {
                 RETRY_PULL_AFTER_SECS / 60
             ));
         }
-        self.progress
-            .status(&self.host, &format!("pulling image {image} on the host"));
+        self.notice(format!("pulling image {image} on the host"));
         let line = commands::shell(&commands::argv(["docker", "pull", image]));
         match t
             .exec(Exec::new(line).timeout(Duration::from_secs(600)))

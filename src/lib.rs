@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: hosts.toml -> inventory -> plan -> per-host steps ->
 //! transport -> report. The pure core (inventory, plan, commands, templates)
-//! does no I/O; the edge (transport, machines, progress) does.
+//! does no I/O; the edge (transport, machines, events, renderers) does.
 
 pub mod app_folder;
 pub mod backup;
@@ -12,6 +12,7 @@ pub mod data_paths;
 pub mod diagnostics;
 pub mod docker_api;
 pub mod dockerignore;
+pub mod events;
 pub mod executor;
 pub mod firewall;
 pub mod host_lock;
@@ -22,8 +23,8 @@ pub mod plan;
 pub mod plan_output;
 pub mod private;
 pub mod probe;
-pub mod progress;
 pub mod reach;
+pub mod render;
 pub mod run;
 pub mod secrets;
 pub mod templates;

@@ -1,18 +1,17 @@
 //! A real run: local machines first (when the inventory has any), then
 //! connections to every host in parallel, the executor, and the summary.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::{Event, Events};
 use crate::executor::{self, HostReport};
 use crate::host_lock::TakeError;
 use crate::inventory::{self, Host, Inventory};
 use crate::load::Loaded;
 use crate::machines::{self, MachineSpec, MachineState, Playground};
 use crate::plan::Plan;
-use crate::progress::Progress;
 use crate::transport::{self, SshTarget, SshTransport, Transport};
 
 pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
@@ -197,11 +196,13 @@ pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
 }
 
 pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
+    let events = Arc::new(Events::quiet());
     up_with(
         loaded,
         plan,
         &executor::Options::default(),
         &LockPolicy::default(),
+        &events,
     )
     .await
 }
@@ -240,11 +241,24 @@ pub async fn up_with(
     plan: &Plan,
     opts: &executor::Options,
     policy: &LockPolicy,
+    events: &Arc<Events>,
 ) -> Vec<HostReport> {
     let inv = &loaded.inventory;
     let project = &inv.project.name;
     let mut hosts = connect_all(inv, plan).await;
     crate::timing::mark("connected");
+    for h in &hosts {
+        events.emit(match &h.transport {
+            Ok(_) => Event::HostConnected {
+                host: h.plan.host.clone(),
+                address: h.plan.address.clone(),
+            },
+            Err(e) => Event::HostFailed {
+                host: h.plan.host.clone(),
+                error: format!("cannot connect: {e}"),
+            },
+        });
+    }
     let run_id = crate::host_lock::RunId::current();
     // The lock and the probe go side by side: the probe is used only when
     // the lock was taken, so no other run can change the host in between.
@@ -302,10 +316,13 @@ pub async fn up_with(
                     continue;
                 };
                 let mut on_held = |holder: &str| {
-                    eprintln!(
-                        "{name}: waiting for the lock held by {holder} (up to {} s; \
-                         --no-wait fails at once instead)",
-                        limit.as_secs()
+                    events.notice(
+                        Some(&name),
+                        format!(
+                            "waiting for the lock held by {holder} (up to {} s; \
+                             --no-wait fails at once instead)",
+                            limit.as_secs()
+                        ),
                     )
                 };
                 let waited = Instant::now();
@@ -320,9 +337,9 @@ pub async fn up_with(
                 {
                     Ok(()) => {
                         if waited.elapsed() >= crate::host_lock::WAIT_POLL {
-                            eprintln!(
-                                "{name}: lock taken after {:.1} s",
-                                waited.elapsed().as_secs_f64()
+                            events.notice(
+                                Some(&name),
+                                format!("lock taken after {:.1} s", waited.elapsed().as_secs_f64()),
                             );
                         }
                         locked.push(t);
@@ -348,7 +365,10 @@ pub async fn up_with(
                     Some((Ok(broken), probe)) => {
                         h.probe = Some(probe);
                         if let Some(info) = broken {
-                            eprintln!("{}: removed the lock held by {info}", h.plan.host);
+                            events.notice(
+                                Some(&h.plan.host),
+                                format!("removed the lock held by {info}"),
+                            );
                         }
                         if let Ok(t) = &h.transport {
                             locked.push(t.clone());
@@ -360,7 +380,7 @@ pub async fn up_with(
             }
         }
     }
-    let reports = up_locked(loaded, plan, hosts, opts).await;
+    let reports = up_locked(plan, hosts, opts, events).await;
     crate::timing::mark("steps run");
     futures::future::join_all(locked.iter().map(|t| {
         let run_id = &run_id;
@@ -387,10 +407,13 @@ pub async fn up_with(
                 crate::host_lock::release(t.as_ref(), project, run_id)
             );
             if let Err(e) = audited {
-                eprintln!("{}: cannot append to the audit log: {e}", t.name());
+                events.notice(
+                    Some(t.name()),
+                    format!("cannot append to the audit log: {e}"),
+                );
             }
             if let Err(e) = released {
-                eprintln!("{}: cannot release the lock: {e}", t.name());
+                events.notice(Some(t.name()), format!("cannot release the lock: {e}"));
             }
         }
     }))
@@ -399,38 +422,29 @@ pub async fn up_with(
 }
 
 async fn up_locked(
-    loaded: &Loaded,
     plan: &Plan,
     hosts: Vec<executor::Host>,
     opts: &executor::Options,
+    events: &Arc<Events>,
 ) -> Vec<HostReport> {
-    let inv = &loaded.inventory;
-    let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    let reports = executor::execute_with(plan, hosts, events.clone(), opts).await;
+    if let Some(log) = events.log_path() {
+        events.notice(None, format!("log: {}", log.display()));
+    }
+    reports
+}
+
+/// The run's log file: one per run (the pid too: two runs started in the
+/// same second keep two logs).
+pub fn run_log(inv: &Inventory) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let log = inv
-        .project
+    inv.project
         .state_dir
         .join("logs")
-        // The pid too: two runs started in the same second keep two logs.
-        .join(format!("run-{stamp}-{}.log", std::process::id()));
-    let tty = std::io::stderr().is_terminal();
-    let progress = Arc::new(Progress::new(
-        loaded.secrets.clone(),
-        &names,
-        tty,
-        Some(&log),
-    ));
-    for h in &hosts {
-        if let Err(e) = &h.transport {
-            progress.status(&h.plan.host, &format!("cannot connect: {e}"));
-        }
-    }
-    let reports = executor::execute_with(plan, hosts, progress.clone(), opts).await;
-    progress.notice(&format!("log: {}", log.display()));
-    reports
+        .join(format!("run-{stamp}-{}.log", std::process::id()))
 }
 
 /// The end-of-run summary, one block per host.
