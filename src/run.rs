@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::executor::{self, HostReport};
 use crate::host_lock::TakeError;
-use crate::inventory::{self, Host, Inventory};
+use crate::inventory::{Host, Inventory};
 use crate::load::Loaded;
-use crate::machines::{self, MachineSpec, MachineState, Playground};
+use crate::machines::{MachineSpec, MachineState, Playground};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::transport::{self, SshTarget, SshTransport, Transport};
@@ -21,18 +21,8 @@ pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
         .filter_map(|h| {
             let m = h.machine.as_ref()?;
             let mut spec = MachineSpec::new(&inv.project.name, &h.name, h.address.parse().ok()?);
-            spec.init = match m.init {
-                inventory::Init::Systemd => machines::Init::Systemd,
-                inventory::Init::None => machines::Init::None,
-            };
-            spec.forwards = m
-                .forward
-                .iter()
-                .map(|f| machines::PortForward {
-                    host_port: f.local,
-                    guest_port: f.guest,
-                })
-                .collect();
+            spec.init = m.init;
+            spec.forwards = m.forward.clone();
             Some(spec)
         })
         .collect()
@@ -158,11 +148,7 @@ pub fn ssh_target(inv: &Inventory, h: &Host) -> SshTarget {
         (None, None) => None,
     };
     t.passphrase_env = h.passphrase_env.clone();
-    t.host_key_policy = match h.host_key {
-        inventory::HostKeyPolicy::Strict => transport::HostKeyPolicy::Strict,
-        inventory::HostKeyPolicy::AcceptNew => transport::HostKeyPolicy::AcceptNew,
-        inventory::HostKeyPolicy::Off => transport::HostKeyPolicy::Off,
-    };
+    t.host_key_policy = h.host_key;
     let mut files: Vec<PathBuf> = vec![inv.project.known_hosts.clone()];
     let machine_file = inv.project.state_dir.join("known_hosts");
     if !files.contains(&machine_file) {
@@ -460,15 +446,10 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
     }
     for h in &inv.hosts {
         for f in h.machine.iter().flat_map(|m| m.forward.iter()) {
-            let what = match f.guest {
-                80 => " (nginx)",
-                5601 => " (kibana)",
-                _ => "",
-            };
             // Only a forward to a service that runs is worth opening.
             let serving = inv
                 .services_on(&h.name)
-                .find(|s| s.publish.iter().any(|p| p.host_port == f.guest));
+                .find(|s| s.publish.iter().any(|p| p.host_port == f.guest_port));
             let runs = reports.iter().any(|r| {
                 r.host == h.name
                     && serving.is_some_and(|s| {
@@ -478,10 +459,11 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
                             })
                     })
             });
-            if runs {
+            if let (true, Some(s)) = (runs, serving) {
+                // Named after the service that publishes the port.
                 out.push_str(&format!(
-                    "Open http://127.0.0.1:{}/{what} -> {}:{}\n",
-                    f.local, h.name, f.guest
+                    "Open http://127.0.0.1:{}/ ({}) -> {}:{}\n",
+                    f.host_port, s.name, h.name, f.guest_port
                 ));
             }
         }
@@ -492,6 +474,7 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory;
 
     fn host(port: Option<u16>, user: Option<&str>, sudo: Option<bool>) -> Host {
         Host {
