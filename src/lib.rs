@@ -15,6 +15,7 @@ pub mod dockerignore;
 pub mod executor;
 pub mod firewall;
 pub mod host_lock;
+pub mod images;
 pub mod inventory;
 pub mod load;
 pub mod machines;

@@ -153,21 +153,6 @@ fn services_of(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Why a volume without a single regular file is worth a stop: its
-/// service's data is elsewhere (e.g. an anonymous volume beneath it).
-pub fn empty_volumes_message(host: &str, empty: &[String]) -> String {
-    format!(
-        "volume{} {} on {host} hold{} no file at all (only folders, if anything): the data of \
-         {} service is not in {}; is it mounted beneath it, in an anonymous volume \
-         (`docker inspect` the container's Mounts)?",
-        if empty.len() == 1 { "" } else { "s" },
-        empty.join(", "),
-        if empty.len() == 1 { "s" } else { "" },
-        if empty.len() == 1 { "its" } else { "their" },
-        if empty.len() == 1 { "it" } else { "them" },
-    )
-}
-
 pub async fn backup(
     inv: &Inventory,
     t: &str,
@@ -225,7 +210,7 @@ pub async fn backup(
     match r {
         Ok(w) if !w.manifest.empty_volumes.is_empty() && !allow_empty => {
             backup::remove_backup(&path);
-            let msg = empty_volumes_message(host, &w.manifest.empty_volumes);
+            let msg = backup::empty_volumes_message(host, &w.manifest.empty_volumes);
             session
                 .close(&format!(
                     "FAILED: backup: empty {}",
@@ -248,7 +233,7 @@ pub async fn backup(
             if !w.manifest.empty_volumes.is_empty() {
                 eprintln!(
                     "warning: {} (kept: --allow-empty)",
-                    empty_volumes_message(host, &w.manifest.empty_volumes)
+                    backup::empty_volumes_message(host, &w.manifest.empty_volumes)
                 );
             }
             println!(
