@@ -27,7 +27,7 @@ pub mod progress;
 pub mod reach;
 pub mod run;
 pub mod secrets;
+pub mod session;
 pub mod templates;
 pub mod timing;
 pub mod transport;
-pub mod volume_cli;
