@@ -131,37 +131,27 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TallyWriter<W> {
     }
 }
 
-/// Make sure the host has `image`: shipped from this computer's engine when
-/// it has it, pulled by the host otherwise.
+/// Make sure the host has `image` (see [`crate::images`]).
 pub async fn ensure_image(t: &dyn Transport, image: &str) -> Result<(), String> {
-    let check = commands::shell(&commands::argv(["docker", "image", "inspect", image]));
-    let out = t
-        .exec(
-            Exec::new(format!("{check} >/dev/null"))
-                .timeout(Duration::from_secs(60))
-                .idempotent(true),
-        )
+    let source = crate::images::Source::default();
+    crate::images::ensure(t, image, &source, &mut |_| {})
         .await
-        .map_err(|e| e.to_string())?;
-    if out.success() {
-        return Ok(());
-    }
-    if crate::executor::local_has_image(image).await {
-        return crate::executor::ship_image(t, image).await;
-    }
-    let pull = commands::shell(&commands::argv(["docker", "pull", image]));
-    match t
-        .exec(Exec::new(pull).timeout(Duration::from_secs(600)))
-        .await
-    {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "image {image} is not on {} and cannot be pulled: {}",
-            t.name(),
-            o.stderr_str().trim()
-        )),
-        Err(e) => Err(e.to_string()),
-    }
+        .map(drop)
+}
+
+/// Why a volume without a single regular file is worth a stop: its
+/// service's data is elsewhere (e.g. an anonymous volume beneath it).
+pub fn empty_volumes_message(host: &str, empty: &[String]) -> String {
+    format!(
+        "volume{} {} on {host} hold{} no file at all (only folders, if anything): the data of \
+         {} service is not in {}; is it mounted beneath it, in an anonymous volume \
+         (`docker inspect` the container's Mounts)?",
+        if empty.len() == 1 { "" } else { "s" },
+        empty.join(", "),
+        if empty.len() == 1 { "s" } else { "" },
+        if empty.len() == 1 { "its" } else { "their" },
+        if empty.len() == 1 { "it" } else { "them" },
+    )
 }
 
 /// A tar of `volumes` on the host written to `path` (through `path.partial`,

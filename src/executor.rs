@@ -605,10 +605,7 @@ impl HostRun {
         if !written.manifest.empty_volumes.is_empty() {
             let warning = format!(
                 "WARNING: {}",
-                crate::volume_cli::empty_volumes_message(
-                    &self.host,
-                    &written.manifest.empty_volumes
-                )
+                crate::backup::empty_volumes_message(&self.host, &written.manifest.empty_volumes)
             );
             self.notice(warning.clone());
             self.report.notes.push(warning);
@@ -779,54 +776,34 @@ impl HostRun {
         }
     }
 
+    /// [`crate::images::ensure`] for an image the probe found missing,
+    /// with the host's memory of failed pulls.
     async fn ensure_base(
         &self,
         t: &dyn Transport,
         image: &str,
         state: &HostState,
     ) -> Result<(), String> {
-        if local_has_image(image).await {
-            self.notice(format!(
-                "shipping image {image} from this computer (docker save | docker load)"
-            ));
-            return ship_image(t, image).await;
-        }
-        if let Some(when) = state.recently_unpullable(image, RETRY_PULL_AFTER_SECS) {
-            let ago = state.now.saturating_sub(when);
-            return Err(format!(
-                "image {image} cannot be pulled on this host (tried {ago} s ago; tried again after {} min)",
-                RETRY_PULL_AFTER_SECS / 60
-            ));
-        }
-        self.notice(format!("pulling image {image} on the host"));
-        let line = commands::shell(&commands::argv(["docker", "pull", image]));
-        match t
-            .exec(Exec::new(line).timeout(Duration::from_secs(600)))
+        let source = crate::images::Source {
+            known_missing: true,
+            failed_pull: state
+                .recently_unpullable(image, RETRY_PULL_AFTER_SECS)
+                .map(|when| (state.now.saturating_sub(when), RETRY_PULL_AFTER_SECS)),
+            remember_for: Some(&self.project),
+        };
+        let mut say = |a: crate::images::Action| {
+            let what = match a {
+                crate::images::Action::Ship => {
+                    format!("shipping image {image} from this computer (docker save | docker load)")
+                }
+                crate::images::Action::Pull => format!("pulling image {image} on the host"),
+            };
+            self.notice(what);
+        };
+        crate::images::ensure(t, image, &source, &mut say)
             .await
-        {
-            Ok(out) if out.success() => Ok(()),
-            Ok(out) => {
-                let remember = commands::remember_unpullable(&self.project, image);
-                let _ = t
-                    .exec(Exec::new(remember).timeout(Duration::from_secs(30)))
-                    .await;
-                Err(format!(
-                    "image {image} cannot be pulled on this host: {}",
-                    last_line(&out.stderr_str())
-                ))
-            }
-            Err(e) => Err(e.to_string()),
-        }
+            .map(drop)
     }
-}
-
-fn last_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
 }
 
 /// A failure message: the command's first word and the tail of its error
@@ -895,50 +872,6 @@ fn without_colours(l: &str) -> String {
         }
     }
     out
-}
-
-pub async fn local_has_image(image: &str) -> bool {
-    if let Some(found) = crate::machines::local_image_exists(image).await {
-        return found;
-    }
-    tokio::process::Command::new("docker")
-        .args(["image", "inspect", image])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// `docker save IMAGE` here streamed into `docker load` on the host.
-pub async fn ship_image(t: &dyn Transport, image: &str) -> Result<(), String> {
-    let mut child = tokio::process::Command::new("docker")
-        .args(["save", image])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run docker save: {e}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let out = t
-        .exec(
-            Exec::new("docker load")
-                .stdin_reader(Box::new(stdout))
-                .timeout(Duration::from_secs(900)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let saved = child.wait().await.map_err(|e| e.to_string())?;
-    if !saved.success() {
-        return Err(format!("docker save {image} failed here"));
-    }
-    if !out.success() {
-        return Err(format!(
-            "docker load of {image} failed: {}",
-            last_line(&out.stderr_str())
-        ));
-    }
-    Ok(())
 }
 
 /// A tar of context files: fixed owner and times, so equal contexts give

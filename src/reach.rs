@@ -87,10 +87,10 @@ pub fn of_service(inv: &Inventory, s: &Service) -> Result<Vec<PortReach>, Diagno
                 .machine
                 .iter()
                 .flat_map(|m| m.forward.iter())
-                .find(|f| f.guest == p.host_port);
+                .find(|f| f.guest_port == p.host_port);
             if let (Some(f), Some(gw)) = (forwarded, machines_gateway(&host.address)) {
                 peers.push(Peer {
-                    name: format!("this computer (forward 127.0.0.1:{})", f.local),
+                    name: format!("this computer (forward 127.0.0.1:{})", f.host_port),
                     address: gw,
                 });
             }

@@ -1,18 +1,22 @@
-//! A real run: local machines first (when the inventory has any), then
-//! connections to every host in parallel, the executor, and the summary.
+//! A real run: local machines first (when the inventory has any), then a
+//! session (connections and locks, every host in parallel), the executor,
+//! and the summary.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
 
 use crate::events::{Event, Events};
 use crate::executor::{self, HostReport};
-use crate::host_lock::TakeError;
-use crate::inventory::{self, Host, Inventory};
+use crate::inventory::Inventory;
 use crate::load::Loaded;
-use crate::machines::{self, MachineSpec, MachineState, Playground};
+use crate::machines::{MachineSpec, MachineState, Playground};
 use crate::plan::Plan;
-use crate::transport::{self, SshTarget, SshTransport, Transport};
+use crate::probe::HostState;
+use crate::session::{Notify, Session};
+use crate::transport::Transport;
 
 pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
     inv.hosts
@@ -20,18 +24,8 @@ pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
         .filter_map(|h| {
             let m = h.machine.as_ref()?;
             let mut spec = MachineSpec::new(&inv.project.name, &h.name, h.address.parse().ok()?);
-            spec.init = match m.init {
-                inventory::Init::Systemd => machines::Init::Systemd,
-                inventory::Init::None => machines::Init::None,
-            };
-            spec.forwards = m
-                .forward
-                .iter()
-                .map(|f| machines::PortForward {
-                    host_port: f.local,
-                    guest_port: f.guest,
-                })
-                .collect();
+            spec.init = m.init;
+            spec.forwards = m.forward.clone();
             Some(spec)
         })
         .collect()
@@ -108,92 +102,7 @@ pub async fn machines_up_for(inv: &Inventory, only: Option<&str>) -> Result<(), 
     Ok(())
 }
 
-/// Who a host is reached as: the user, the port, and whether lines run
-/// through sudo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
-    pub user: String,
-    pub port: u16,
-    pub sudo: bool,
-}
-
-/// [`Login`] for a host: what hosts.toml says wins; what it leaves out
-/// comes from `~/.ssh/config` for the host's address (as OpenSSH's command
-/// line beats its config file), else root and 22. A local machine is
-/// provision's own (root, 22), whatever the config says for its address.
-pub fn login(h: &Host) -> Login {
-    let (config_user, config_port) = if h.machine.is_some() {
-        (None, None)
-    } else {
-        transport::ssh::ssh_config_login(None, &h.address)
-    };
-    login_with(h, config_user, config_port)
-}
-
-/// [`login`] given what `~/.ssh/config` says. A non-root user, from either
-/// source, implies sudo unless hosts.toml sets `sudo`.
-fn login_with(h: &Host, config_user: Option<String>, config_port: Option<u16>) -> Login {
-    let user = h
-        .user
-        .clone()
-        .or(config_user)
-        .unwrap_or_else(|| "root".into());
-    Login {
-        port: h.port.or(config_port).unwrap_or(22),
-        sudo: h.sudo.unwrap_or(user != "root"),
-        user,
-    }
-}
-
-pub fn ssh_target(inv: &Inventory, h: &Host) -> SshTarget {
-    let login = login(h);
-    let mut t = SshTarget::new(&h.name, &h.address);
-    t.port = login.port;
-    t.user = login.user;
-    t.identity = match (&h.identity, &h.machine) {
-        (Some(id), _) => Some(inv.resolve_path(&id.to_string_lossy())),
-        // Local machines authorize the project's own key.
-        (None, Some(_)) => Some(inv.project.state_dir.join("id_ed25519")),
-        (None, None) => None,
-    };
-    t.passphrase_env = h.passphrase_env.clone();
-    t.host_key_policy = match h.host_key {
-        inventory::HostKeyPolicy::Strict => transport::HostKeyPolicy::Strict,
-        inventory::HostKeyPolicy::AcceptNew => transport::HostKeyPolicy::AcceptNew,
-        inventory::HostKeyPolicy::Off => transport::HostKeyPolicy::Off,
-    };
-    let mut files: Vec<PathBuf> = vec![inv.project.known_hosts.clone()];
-    let machine_file = inv.project.state_dir.join("known_hosts");
-    if !files.contains(&machine_file) {
-        files.push(machine_file);
-    }
-    t.known_hosts = files;
-    t.sudo = login.sudo;
-    t.connect_timeout = Duration::from_secs(15);
-    t
-}
-
-/// Connect to every host of the plan in parallel.
-pub async fn connect_all(inv: &Inventory, plan: &Plan) -> Vec<executor::Host> {
-    let conns = futures::future::join_all(plan.hosts.iter().map(|hp| async move {
-        let h = inv.host(&hp.host).expect("planned hosts exist");
-        SshTransport::connect(ssh_target(inv, h))
-            .await
-            .map(|t| Arc::new(t) as Arc<dyn Transport>)
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    plan.hosts
-        .iter()
-        .cloned()
-        .zip(conns)
-        .map(|(plan, transport)| executor::Host {
-            plan,
-            transport,
-            probe: None,
-        })
-        .collect()
-}
+pub use crate::session::{login, ssh_target, LockPolicy, Login, DEFAULT_LOCK_WAIT};
 
 pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
     let events = Arc::new(Events::quiet());
@@ -207,35 +116,10 @@ pub async fn up(loaded: &Loaded, plan: &Plan) -> Vec<HostReport> {
     .await
 }
 
-/// What a run does when another run holds a host's lock.
-#[derive(Debug, Clone)]
-pub struct LockPolicy {
-    /// Remove a (stale) lock first.
-    pub break_lock: bool,
-    /// Wait up to this long for a held lock; `None`: fail at once
-    /// (`--no-wait`), naming the holder.
-    pub wait: Option<Duration>,
-}
-
-/// Ten minutes: longer than a cold provision of both hosts.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
-
-impl Default for LockPolicy {
-    fn default() -> Self {
-        LockPolicy {
-            break_lock: false,
-            wait: Some(DEFAULT_LOCK_WAIT),
-        }
-    }
-}
-
 /// A run with [`executor::Options`]: each reachable host is locked for the
-/// run and gets one audit line at the end. A host another run holds is
-/// waited for (see [`LockPolicy`]), or fails with who holds it.
-///
-/// Two runs never deadlock: the first try takes every host's lock without
-/// waiting; a run that finds one held gives back what it took and then
-/// waits for the locks one host at a time, in host-name order.
+/// run (a [`Session`]; one waits for a lock another run holds, see
+/// [`LockPolicy`]) and gets one audit line at the end. The probe goes side
+/// by side with the lock.
 pub async fn up_with(
     loaded: &Loaded,
     plan: &Plan,
@@ -244,149 +128,45 @@ pub async fn up_with(
     events: &Arc<Events>,
 ) -> Vec<HostReport> {
     let inv = &loaded.inventory;
-    let project = &inv.project.name;
-    let mut hosts = connect_all(inv, plan).await;
-    crate::timing::mark("connected");
-    for h in &hosts {
-        events.emit(match &h.transport {
+    let project = inv.project.name.as_str();
+    let names: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
+    let probe = |i: usize, t: Arc<dyn Transport>| -> BoxFuture<'_, Result<HostState, String>> {
+        let hp = &plan.hosts[i];
+        Box::pin(async move { executor::probe_host(t.as_ref(), project, hp).await })
+    };
+    let notify = {
+        let events = events.clone();
+        Notify::new(move |n| events.notice(Some(n.host()), n.text()))
+    };
+    let (session, opened) = Session::open_probing(inv, &names, policy, notify, &probe).await;
+    for (hp, o) in plan.hosts.iter().zip(&opened) {
+        events.emit(match &o.transport {
             Ok(_) => Event::HostConnected {
-                host: h.plan.host.clone(),
-                address: h.plan.address.clone(),
+                host: hp.host.clone(),
+                address: hp.address.clone(),
             },
             Err(e) => Event::HostFailed {
-                host: h.plan.host.clone(),
+                host: hp.host.clone(),
                 error: format!("cannot connect: {e}"),
             },
         });
     }
-    let run_id = crate::host_lock::RunId::current();
-    // The lock and the probe go side by side: the probe is used only when
-    // the lock was taken, so no other run can change the host in between.
-    let taken = futures::future::join_all(hosts.iter().map(|h| {
-        let run_id = &run_id;
-        async move {
-            match &h.transport {
-                Ok(t) => {
-                    let (lock, probe) = tokio::join!(
-                        crate::host_lock::try_take(t.as_ref(), project, run_id, policy.break_lock),
-                        executor::probe_host(t.as_ref(), project, &h.plan)
-                    );
-                    Some((lock, probe))
-                }
-                Err(_) => None,
-            }
-        }
-    }))
-    .await;
-    let held = taken
+    let hosts = plan
+        .hosts
         .iter()
-        .any(|t| matches!(t, Some((Err(TakeError::Held { .. }), _))));
-    let mut locked: Vec<Arc<dyn Transport>> = Vec::new();
-    match policy.wait {
-        Some(limit) if held => {
-            // Give back what the first try took, then wait in order.
-            let mine: Vec<&Arc<dyn Transport>> = hosts
-                .iter()
-                .zip(&taken)
-                .filter(|(_, t)| matches!(t, Some((Ok(_), _))))
-                .filter_map(|(h, _)| h.transport.as_ref().ok())
-                .collect();
-            futures::future::join_all(
-                mine.iter()
-                    .map(|t| crate::host_lock::release(t.as_ref(), project, &run_id)),
-            )
-            .await;
-            let mut order: Vec<usize> = (0..hosts.len())
-                .filter(|&i| {
-                    matches!(
-                        taken[i],
-                        Some((Ok(_), _)) | Some((Err(TakeError::Held { .. }), _))
-                    )
-                })
-                .collect();
-            order.sort_by(|&a, &b| hosts[a].plan.host.cmp(&hosts[b].plan.host));
-            for (i, t) in taken.into_iter().enumerate() {
-                if let Some((Err(e @ TakeError::Failed(_)), _)) = t {
-                    hosts[i].transport = Err(format!("{}: {e}", hosts[i].plan.host));
-                }
-            }
-            for i in order {
-                let name = hosts[i].plan.host.clone();
-                let Ok(t) = hosts[i].transport.clone() else {
-                    continue;
-                };
-                let mut on_held = |holder: &str| {
-                    events.notice(
-                        Some(&name),
-                        format!(
-                            "waiting for the lock held by {holder} (up to {} s; \
-                             --no-wait fails at once instead)",
-                            limit.as_secs()
-                        ),
-                    )
-                };
-                let waited = Instant::now();
-                match crate::host_lock::take_waiting(
-                    t.as_ref(),
-                    project,
-                    &run_id,
-                    limit,
-                    &mut on_held,
-                )
-                .await
-                {
-                    Ok(()) => {
-                        if waited.elapsed() >= crate::host_lock::WAIT_POLL {
-                            events.notice(
-                                Some(&name),
-                                format!("lock taken after {:.1} s", waited.elapsed().as_secs_f64()),
-                            );
-                        }
-                        locked.push(t);
-                    }
-                    Err(e) => hosts[i].transport = Err(format!("{name}: {e}")),
-                }
-            }
-            // The state may have changed while the other run held the lock.
-            let probes = futures::future::join_all(hosts.iter().map(|h| async move {
-                match &h.transport {
-                    Ok(t) => Some(executor::probe_host(t.as_ref(), project, &h.plan).await),
-                    Err(_) => None,
-                }
-            }))
-            .await;
-            for (h, p) in hosts.iter_mut().zip(probes) {
-                h.probe = p;
-            }
-        }
-        _ => {
-            for (h, t) in hosts.iter_mut().zip(taken) {
-                match t {
-                    Some((Ok(broken), probe)) => {
-                        h.probe = Some(probe);
-                        if let Some(info) = broken {
-                            events.notice(
-                                Some(&h.plan.host),
-                                format!("removed the lock held by {info}"),
-                            );
-                        }
-                        if let Ok(t) = &h.transport {
-                            locked.push(t.clone());
-                        }
-                    }
-                    Some((Err(e), _)) => h.transport = Err(format!("{}: {e}", h.plan.host)),
-                    None => {}
-                }
-            }
-        }
-    }
+        .cloned()
+        .zip(opened)
+        .map(|(plan, o)| executor::Host {
+            plan,
+            transport: o.transport,
+            probe: o.probe,
+        })
+        .collect();
     let reports = up_locked(plan, hosts, opts, events).await;
     crate::timing::mark("steps run");
-    futures::future::join_all(locked.iter().map(|t| {
-        let run_id = &run_id;
-        let reports = &reports;
-        async move {
-            let result = match reports.iter().find(|r| r.host == t.name()) {
+    session
+        .close(|host| {
+            let result = match reports.iter().find(|r| r.host == host) {
                 Some(r) if r.ok() => format!("ok: {}", r.summary()),
                 Some(r) => format!(
                     "FAILED: {}; {}",
@@ -400,24 +180,9 @@ pub async fn up_with(
                 ),
                 None => "not run".into(),
             };
-            let result = loaded.secrets.mask(&result);
-            // Two independent commands: side by side on the one connection.
-            let (audited, released) = tokio::join!(
-                crate::host_lock::audit(t.as_ref(), project, run_id, &result),
-                crate::host_lock::release(t.as_ref(), project, run_id)
-            );
-            if let Err(e) = audited {
-                events.notice(
-                    Some(t.name()),
-                    format!("cannot append to the audit log: {e}"),
-                );
-            }
-            if let Err(e) = released {
-                events.notice(Some(t.name()), format!("cannot release the lock: {e}"));
-            }
-        }
-    }))
-    .await;
+            loaded.secrets.mask(&result)
+        })
+        .await;
     reports
 }
 
@@ -474,15 +239,10 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
     }
     for h in &inv.hosts {
         for f in h.machine.iter().flat_map(|m| m.forward.iter()) {
-            let what = match f.guest {
-                80 => " (nginx)",
-                5601 => " (kibana)",
-                _ => "",
-            };
             // Only a forward to a service that runs is worth opening.
             let serving = inv
                 .services_on(&h.name)
-                .find(|s| s.publish.iter().any(|p| p.host_port == f.guest));
+                .find(|s| s.publish.iter().any(|p| p.host_port == f.guest_port));
             let runs = reports.iter().any(|r| {
                 r.host == h.name
                     && serving.is_some_and(|s| {
@@ -492,67 +252,14 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
                             })
                     })
             });
-            if runs {
+            if let (true, Some(s)) = (runs, serving) {
+                // Named after the service that publishes the port.
                 out.push_str(&format!(
-                    "Open http://127.0.0.1:{}/{what} -> {}:{}\n",
-                    f.local, h.name, f.guest
+                    "Open http://127.0.0.1:{}/ ({}) -> {}:{}\n",
+                    f.host_port, s.name, h.name, f.guest_port
                 ));
             }
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn host(port: Option<u16>, user: Option<&str>, sudo: Option<bool>) -> Host {
-        Host {
-            name: "db".into(),
-            address: "db-alias".into(),
-            private_address: None,
-            port,
-            user: user.map(Into::into),
-            identity: None,
-            passphrase_env: None,
-            host_key: inventory::HostKeyPolicy::Strict,
-            sudo,
-            docker: inventory::DockerSource::Distro,
-            machine: None,
-        }
-    }
-
-    #[test]
-    fn hosts_toml_wins_the_ssh_config_fills_the_rest_then_root_and_22() {
-        let cfg = || (Some("deploy".to_string()), Some(2222));
-        let (u, p) = cfg();
-        assert_eq!(
-            login_with(&host(None, None, None), u, p),
-            Login {
-                user: "deploy".into(),
-                port: 2222,
-                sudo: true
-            }
-        );
-        let (u, p) = cfg();
-        assert_eq!(
-            login_with(&host(Some(22), Some("root"), None), u, p),
-            Login {
-                user: "root".into(),
-                port: 22,
-                sudo: false
-            }
-        );
-        let (u, p) = cfg();
-        assert!(!login_with(&host(None, None, Some(false)), u, p).sudo);
-        assert_eq!(
-            login_with(&host(None, None, None), None, None),
-            Login {
-                user: "root".into(),
-                port: 22,
-                sudo: false
-            }
-        );
-    }
 }

@@ -11,16 +11,12 @@ use crate::diagnostics::{Collector, Diagnostic};
 
 pub use reader::parse;
 
-/// Built-in service templates shipped in `templates/`.
-pub const BUILTIN_TEMPLATES: &[&str] = &[
-    "redis",
-    "fluentd",
-    "elasticsearch",
-    "kibana",
-    "postgis",
-    "rails",
-    "nginx",
-];
+/// How a local machine boots and what it forwards: the playground's own
+/// types (one each for hosts.toml and the machines).
+pub use crate::machines::{Init, PortForward};
+/// How a host's SSH key is checked: the transport's own policy (one type
+/// for hosts.toml and the connection).
+pub use crate::transport::HostKeyPolicy;
 
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -72,21 +68,6 @@ pub struct SecretDecl {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum HostKeyPolicy {
-    Strict,
-    AcceptNew,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Init {
-    Systemd,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum DockerSource {
     /// The distribution's own package (docker.io on Debian/Ubuntu).
     Distro,
@@ -121,14 +102,9 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalMachine {
     pub init: Init,
+    /// `127.0.0.1:host_port` on the provisioning computer -> `guest_port`
+    /// on the machine.
     pub forward: Vec<PortForward>,
-}
-
-/// `127.0.0.1:local` on the provisioning computer -> `guest` on the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct PortForward {
-    pub local: u16,
-    pub guest: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

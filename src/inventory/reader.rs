@@ -597,7 +597,10 @@ impl<'s> Reader<'s> {
                 let mut forward = Vec::new();
                 for (i, (s, span)) in self.strings(t, "forward", path).into_iter().enumerate() {
                     match parse_port_pair(&s) {
-                        Some((local, guest)) => forward.push(PortForward { local, guest }),
+                        Some((host_port, guest_port)) => forward.push(PortForward {
+                            host_port,
+                            guest_port,
+                        }),
                         None => self.c.error_with_hint(
                             span,
                             format!("{path}.forward[{i}]"),
@@ -760,11 +763,13 @@ impl<'s> Reader<'s> {
                 "place the service on a host: host = \"NAME\"",
             );
         }
+        // The built-in templates are the folders shipped in `templates/`.
+        let builtins = crate::templates::builtin_names();
         let template_name = self.nonempty_string(t, "template", path);
         let base = self.nonempty_string(t, "base", path);
         let template = match template_name {
             None => {
-                if t.get("template").is_none() && BUILTIN_TEMPLATES.contains(&name.as_str()) {
+                if t.get("template").is_none() && builtins.contains(&name.as_str()) {
                     TemplateRef::Builtin(name.clone())
                 } else {
                     if t.get("template").is_none() {
@@ -772,7 +777,7 @@ impl<'s> Reader<'s> {
                             span.clone(),
                             join(path, "template"),
                             "missing required key `template`",
-                            format!("a built-in template ({}) or a folder such as \"./templates-local/app\"", BUILTIN_TEMPLATES.join(", ")),
+                            format!("a built-in template ({}) or a folder such as \"./templates-local/app\"", builtins.join(", ")),
                         );
                     }
                     TemplateRef::Builtin(String::new())
@@ -783,15 +788,14 @@ impl<'s> Reader<'s> {
                 base: base.clone(),
             },
             Some(t) => {
-                if !BUILTIN_TEMPLATES.contains(&t.as_str()) {
+                if !builtins.contains(&t.as_str()) {
                     let p = join(path, "template");
-                    let hint =
-                        suggest(&t, BUILTIN_TEMPLATES.iter().copied()).unwrap_or_else(|| {
-                            format!(
-                                "built-in templates: {}; a folder of your own starts with ./",
-                                BUILTIN_TEMPLATES.join(", ")
-                            )
-                        });
+                    let hint = suggest(&t, builtins.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "built-in templates: {}; a folder of your own starts with ./",
+                            builtins.join(", ")
+                        )
+                    });
                     self.c.error_with_hint(
                         self.spans[&p].clone(),
                         p,
@@ -810,10 +814,9 @@ impl<'s> Reader<'s> {
                     p,
                     "`base` only applies when `template` is a folder of your own",
                 );
-            } else if !BUILTIN_TEMPLATES.contains(&b.as_str()) {
-                let hint = suggest(b, BUILTIN_TEMPLATES.iter().copied()).unwrap_or_else(|| {
-                    format!("built-in templates: {}", BUILTIN_TEMPLATES.join(", "))
-                });
+            } else if !builtins.contains(&b.as_str()) {
+                let hint = suggest(b, builtins.iter().copied())
+                    .unwrap_or_else(|| format!("built-in templates: {}", builtins.join(", ")));
                 self.c.error_with_hint(
                     self.spans[&p].clone(),
                     p,
@@ -1015,14 +1018,14 @@ fn cross_checks(inv: &Inventory, c: &mut Collector) {
     let mut forwards: HashMap<u16, &str> = HashMap::new();
     for h in &inv.hosts {
         for (i, f) in h.machine.iter().flat_map(|m| m.forward.iter()).enumerate() {
-            if let Some(other) = forwards.insert(f.local, &h.name) {
+            if let Some(other) = forwards.insert(f.host_port, &h.name) {
                 let p = format!("hosts.{}.forward[{i}]", h.name);
                 c.error(
                     inv.span(&p),
                     p,
                     format!(
                         "local port {} is already forwarded to host `{other}`",
-                        f.local
+                        f.host_port
                     ),
                 );
             }

@@ -1,16 +1,15 @@
-//! `backup`, `restore` and `migrate`: connect to the hosts named, lock them
-//! for the operation, stream the volumes, audit, unlock.
+//! `backup`, `restore` and `migrate`: a session on the hosts named (every
+//! one connected and locked, or nothing runs), the volumes streamed, the
+//! session closed with one audit line per host.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backup;
-use crate::cli::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
-use crate::host_lock::{self, RunId};
 use crate::inventory::Inventory;
-use crate::run;
-use crate::transport::{SshTransport, Transport};
+use crate::session::{LockPolicy, Session};
+
+use super::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
 
 /// `HOST` or `HOST:VOLUME`, the host checked against the inventory.
 fn target<'a>(inv: &Inventory, t: &'a str) -> Result<(&'a str, Option<&'a str>), String> {
@@ -43,99 +42,6 @@ fn host_volumes(inv: &Inventory, host: &str) -> Vec<String> {
     v
 }
 
-/// How a volume command treats a lock another run holds.
-#[derive(Debug, Clone, Copy)]
-pub struct LockPolicy {
-    /// Remove a stale lock first.
-    pub break_lock: bool,
-    /// Wait this long for a held lock; `None`: fail at once naming it.
-    pub wait: Option<std::time::Duration>,
-}
-
-/// Connected and locked hosts of one operation.
-struct Session {
-    project: String,
-    run: RunId,
-    hosts: Vec<Arc<dyn Transport>>,
-}
-
-impl Session {
-    async fn open(inv: &Inventory, names: &[&str], lock: LockPolicy) -> Result<Session, String> {
-        let run_id = RunId::current();
-        let project = inv.project.name.clone();
-        let mut hosts: Vec<Arc<dyn Transport>> = Vec::new();
-        let mut failure = None;
-        // Locks are taken in host-name order, as runs take them, so two
-        // commands waiting for each other's hosts cannot deadlock.
-        let mut in_lock_order = names.to_vec();
-        in_lock_order.sort_unstable();
-        let mut locked: Vec<(&str, Arc<dyn Transport>)> = Vec::new();
-        for name in in_lock_order {
-            let h = inv.host(name).expect("checked host");
-            let t = match SshTransport::connect(run::ssh_target(inv, h)).await {
-                Ok(t) => Arc::new(t) as Arc<dyn Transport>,
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            };
-            let taken = match lock.wait {
-                Some(limit) if !lock.break_lock => {
-                    let mut told = |holder: &str| {
-                        eprintln!("{name}: waiting for the lock held by {holder}");
-                    };
-                    host_lock::take_waiting(t.as_ref(), &project, &run_id, limit, &mut told)
-                        .await
-                        .map(|()| None)
-                        .map_err(|e| e.to_string())
-                }
-                _ => host_lock::take(t.as_ref(), &project, &run_id, lock.break_lock).await,
-            };
-            match taken {
-                Ok(broken) => {
-                    if let Some(info) = broken {
-                        eprintln!("{name}: removed the lock held by {info}");
-                    }
-                    locked.push((name, t));
-                }
-                Err(e) => {
-                    failure = Some(format!("{name}: {e}"));
-                    break;
-                }
-            }
-        }
-        // The session keeps the caller's order (migrate: from, then to).
-        for name in names {
-            if let Some(i) = locked.iter().position(|(n, _)| n == name) {
-                hosts.push(locked.swap_remove(i).1);
-            }
-        }
-        let s = Session {
-            project,
-            run: run_id,
-            hosts,
-        };
-        match failure {
-            None => Ok(s),
-            Some(e) => {
-                s.close("not run").await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn close(&self, result: &str) {
-        for t in &self.hosts {
-            if let Err(e) = host_lock::audit(t.as_ref(), &self.project, &self.run, result).await {
-                eprintln!("{}: cannot append to the audit log: {e}", t.name());
-            }
-            if let Err(e) = host_lock::release(t.as_ref(), &self.project, &self.run).await {
-                eprintln!("{}: cannot release the lock: {e}", t.name());
-            }
-        }
-    }
-}
-
 fn rate(bytes: u64, secs: f64) -> String {
     format!(
         "{:.1} MB in {secs:.1} s, {:.1} MB/s",
@@ -151,21 +57,6 @@ fn services_of(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
         .filter(|s| s.host == host && s.volumes.iter().any(|m| volumes.contains(&m.volume)))
         .map(|s| s.name.clone())
         .collect()
-}
-
-/// Why a volume without a single regular file is worth a stop: its
-/// service's data is elsewhere (e.g. an anonymous volume beneath it).
-pub fn empty_volumes_message(host: &str, empty: &[String]) -> String {
-    format!(
-        "volume{} {} on {host} hold{} no file at all (only folders, if anything): the data of \
-         {} service is not in {}; is it mounted beneath it, in an anonymous volume \
-         (`docker inspect` the container's Mounts)?",
-        if empty.len() == 1 { "" } else { "s" },
-        empty.join(", "),
-        if empty.len() == 1 { "s" } else { "" },
-        if empty.len() == 1 { "its" } else { "their" },
-        if empty.len() == 1 { "it" } else { "them" },
-    )
 }
 
 pub async fn backup(
@@ -200,7 +91,7 @@ pub async fn backup(
             .join("backups")
             .join(backup::backup_file_name(host, backup::now_secs(), volume)),
     };
-    let session = match Session::open(inv, &[host], lock).await {
+    let (session, hosts) = match Session::open_all(inv, &[host], &lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: backup: {e}");
@@ -220,17 +111,19 @@ pub async fn backup(
             .unwrap_or_default(),
         services: services_of(inv, host, &volumes),
     };
-    let r = backup::backup_to_file(session.hosts[0].as_ref(), &volumes, &path, true, &origin).await;
+    let r = backup::backup_to_file(hosts[0].as_ref(), &volumes, &path, true, &origin).await;
     let secs = started.elapsed().as_secs_f64();
     match r {
         Ok(w) if !w.manifest.empty_volumes.is_empty() && !allow_empty => {
             backup::remove_backup(&path);
-            let msg = empty_volumes_message(host, &w.manifest.empty_volumes);
+            let msg = backup::empty_volumes_message(host, &w.manifest.empty_volumes);
             session
-                .close(&format!(
-                    "FAILED: backup: empty {}",
-                    w.manifest.empty_volumes.join(",")
-                ))
+                .close(|_| {
+                    format!(
+                        "FAILED: backup: empty {}",
+                        w.manifest.empty_volumes.join(",")
+                    )
+                })
                 .await;
             eprintln!(
                 "error: backup: {msg}\nNo backup was kept; --allow-empty keeps an empty one."
@@ -239,16 +132,12 @@ pub async fn backup(
         }
         Ok(w) => {
             session
-                .close(&format!(
-                    "ok: backup of {} to {}",
-                    volumes.join(","),
-                    path.display()
-                ))
+                .close(|_| format!("ok: backup of {} to {}", volumes.join(","), path.display()))
                 .await;
             if !w.manifest.empty_volumes.is_empty() {
                 eprintln!(
                     "warning: {} (kept: --allow-empty)",
-                    empty_volumes_message(host, &w.manifest.empty_volumes)
+                    backup::empty_volumes_message(host, &w.manifest.empty_volumes)
                 );
             }
             println!(
@@ -262,7 +151,7 @@ pub async fn backup(
             EXIT_OK
         }
         Err(e) => {
-            session.close(&format!("FAILED: backup: {e}")).await;
+            session.close(|_| format!("FAILED: backup: {e}")).await;
             eprintln!("error: {e}");
             EXIT_FAILED
         }
@@ -312,7 +201,7 @@ pub async fn restore(
         }
         None => in_file.iter().map(|v| (v.clone(), v.clone())).collect(),
     };
-    let session = match Session::open(inv, &[host], lock).await {
+    let (session, hosts) = match Session::open_all(inv, &[host], &lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: restore: {e}");
@@ -322,8 +211,8 @@ pub async fn restore(
     for (v, member) in &pairs {
         let started = Instant::now();
         let r = backup::restore_from_file(
-            session.hosts[0].as_ref(),
-            &session.project,
+            hosts[0].as_ref(),
+            session.project(),
             v,
             member,
             file,
@@ -331,7 +220,7 @@ pub async fn restore(
         )
         .await;
         if let Err(e) = r {
-            session.close(&format!("FAILED: restore: {e}")).await;
+            session.close(|_| format!("FAILED: restore: {e}")).await;
             eprintln!("error: {e}");
             return EXIT_FAILED;
         }
@@ -342,7 +231,7 @@ pub async fn restore(
         );
     }
     session
-        .close(&format!("ok: restore from {}", file.display()))
+        .close(|_| format!("ok: restore from {}", file.display()))
         .await;
     EXIT_OK
 }
@@ -358,7 +247,7 @@ pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, lock: 
         eprintln!("error: migrate: --from and --to are the same host");
         return EXIT_BAD_INPUT;
     }
-    let session = match Session::open(inv, &[from, to], lock).await {
+    let (session, hosts) = match Session::open_all(inv, &[from, to], &lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: migrate: {e}");
@@ -367,16 +256,16 @@ pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, lock: 
     };
     let started = Instant::now();
     let r = backup::migrate(
-        session.hosts[0].as_ref(),
-        session.hosts[1].as_ref(),
-        &session.project,
+        hosts[0].as_ref(),
+        hosts[1].as_ref(),
+        session.project(),
         volume,
     )
     .await;
     match r {
         Ok(bytes) => {
             session
-                .close(&format!("ok: migrate {volume} from {from} to {to}"))
+                .close(|_| format!("ok: migrate {volume} from {from} to {to}"))
                 .await;
             println!(
                 "volume {volume}: {from} -> {to} ({})",
@@ -385,7 +274,7 @@ pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, lock: 
             EXIT_OK
         }
         Err(e) => {
-            session.close(&format!("FAILED: migrate: {e}")).await;
+            session.close(|_| format!("FAILED: migrate: {e}")).await;
             eprintln!("error: {e}");
             EXIT_FAILED
         }

@@ -1,0 +1,257 @@
+//! Command line: parse arguments, run the verb, return an exit code. One
+//! file per verb family (`plan`, `up`, `machines`, `status`, `volumes`),
+//! each over the session layer ([`crate::session`]) when it touches hosts.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::diagnostics::Diagnostic;
+use crate::inventory::Inventory;
+use crate::load;
+use crate::secrets::Generate;
+use crate::session::LockPolicy;
+
+mod exit;
+mod machines;
+mod plan;
+mod status;
+mod up;
+mod volumes;
+
+pub use exit::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
+pub use plan::build_plan;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provision",
+    version,
+    about = "Provision the Rails on Docker stack on one or two hosts over SSH"
+)]
+pub struct Cli {
+    /// The inventory: hosts and the services placed on them.
+    #[arg(long, default_value = "hosts.toml", global = true)]
+    pub hosts: PathBuf,
+
+    /// Print the plan with the exact commands; touch no host.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: print the plan as JSON. On a run: print its events
+    /// as JSON Lines on stdout (one object per line, the last a `summary`
+    /// with the exit code); human text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Converge this host alone (and what on other hosts depends on it).
+    #[arg(long, value_name = "HOST")]
+    pub only: Option<String>,
+
+    /// Create the local playground machines, provision no service.
+    #[arg(long)]
+    pub machines_only: bool,
+
+    /// With --only: fill the host's new (missing) volumes from this backup
+    /// file before its services start; `latest` takes the newest backup of
+    /// that host in STATE_DIR/backups.
+    #[arg(long, value_name = "FILE|latest")]
+    pub restore_from: Option<PathBuf>,
+
+    /// With `restore` or --restore-from: accept a backup that has no
+    /// manifest (made by an older provision, or a tar made by hand). Only
+    /// its tar structure is checked then, not its size and SHA-256.
+    #[arg(long, global = true)]
+    pub unverified: bool,
+
+    /// Remove a stale run lock on the hosts first (the run that held it is gone).
+    #[arg(long, global = true)]
+    pub break_lock: bool,
+
+    /// When another run holds a host's lock, fail at once naming it
+    /// (the default is to wait for it, up to --lock-wait seconds).
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+
+    /// How long to wait for a lock another run holds.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = crate::session::DEFAULT_LOCK_WAIT.as_secs())]
+    pub lock_wait: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Provision every host (the default).
+    Up,
+    /// Print the plan (same as --dry-run).
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the local playground machines.
+    Down {
+        /// Also remove their data volumes.
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Show each machine and service.
+    Status,
+    /// Stream a tar of a host's volumes (or one volume) to a local file, with
+    /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
+    /// Containers using them are stopped for the copy and always started again.
+    Backup {
+        /// HOST (every volume its services mount) or HOST:VOLUME.
+        target: String,
+        /// Default: STATE_DIR/backups/HOST-YYYYMMDDTHHMMSSZ.tar
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Keep a backup even when a volume holds no file at all (by
+        /// default that fails: the service's data is likely elsewhere).
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Stream a backup file back into a host's volumes (replacing their
+    /// content), once the file matches its manifest; the host swaps only when
+    /// what it received has the file's size and SHA-256.
+    Restore {
+        /// HOST (every volume in the file) or HOST:VOLUME.
+        target: String,
+        file: PathBuf,
+    },
+    /// Copy a volume from one host to another, streamed through this
+    /// computer (no temporary file); the receiving host swaps only when the
+    /// size and SHA-256 of what it received match what was sent.
+    Migrate {
+        volume: String,
+        #[arg(long, value_name = "HOST")]
+        from: String,
+        #[arg(long, value_name = "HOST")]
+        to: String,
+    },
+}
+
+pub fn run() -> i32 {
+    crate::timing::init();
+    let cli = Cli::parse();
+    let env = |name: &str| std::env::var(name).ok();
+    match &cli.command {
+        Some(Command::Plan { json }) => plan::dry_run(&cli, *json, &env),
+        None | Some(Command::Up) if cli.dry_run => plan::dry_run(&cli, cli.json, &env),
+        Some(Command::Down { volumes }) => {
+            let volumes = *volumes;
+            with_inventory(
+                &cli,
+                |inv| async move { machines::down(&inv, volumes).await },
+            )
+        }
+        Some(Command::Status) => {
+            with_inventory(&cli, |inv| async move { status::status(&inv).await })
+        }
+        Some(Command::Backup {
+            target,
+            output,
+            allow_empty,
+        }) => {
+            let lock = lock_policy(&cli);
+            let allow_empty = *allow_empty;
+            with_inventory(&cli, |inv| async move {
+                volumes::backup(&inv, target, output.as_deref(), allow_empty, lock).await
+            })
+        }
+        Some(Command::Restore { target, file }) => {
+            let lock = lock_policy(&cli);
+            let unverified = cli.unverified;
+            with_inventory(&cli, |inv| async move {
+                volumes::restore(&inv, target, file, unverified, lock).await
+            })
+        }
+        Some(Command::Migrate { volume, from, to }) => {
+            let lock = lock_policy(&cli);
+            with_inventory(&cli, |inv| async move {
+                volumes::migrate(&inv, volume, from, to, lock).await
+            })
+        }
+        None | Some(Command::Up) => {
+            let loaded = match load::load(&cli.hosts, &env, Generate::Store) {
+                Ok(l) => l,
+                Err(d) => return bad_input(&d),
+            };
+            if let Err(code) = keep_state_private(&loaded.inventory, true) {
+                return code;
+            }
+            let plan = match build_plan(&loaded) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            runtime().block_on(up::up(&cli, &loaded, plan))
+        }
+    }
+}
+
+pub fn bad_input(diags: &[Diagnostic]) -> i32 {
+    for d in diags {
+        eprintln!("error: {d}");
+    }
+    let n = diags.len();
+    eprintln!(
+        "provision: {n} error{} in the input; nothing was run on any host",
+        if n == 1 { "" } else { "s" }
+    );
+    EXIT_BAD_INPUT
+}
+
+/// What `--break-lock`, `--no-wait` and `--lock-wait` say, for every verb
+/// that locks hosts.
+fn lock_policy(cli: &Cli) -> LockPolicy {
+    LockPolicy {
+        break_lock: cli.break_lock,
+        wait: (!cli.no_wait).then(|| std::time::Duration::from_secs(cli.lock_wait)),
+    }
+}
+
+pub(super) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Commands that need only the inventory (no secrets, no templates).
+fn with_inventory<F, Fut>(cli: &Cli, f: F) -> i32
+where
+    F: FnOnce(Inventory) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    let source = match std::fs::read_to_string(&cli.hosts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: cannot read: {e}", cli.hosts.display());
+            return EXIT_BAD_INPUT;
+        }
+    };
+    match crate::inventory::parse(&cli.hosts, &source) {
+        Ok(inv) => {
+            if let Err(code) = keep_state_private(&inv, true) {
+                return code;
+            }
+            runtime().block_on(f(inv))
+        }
+        Err(d) => bad_input(&d),
+    }
+}
+
+/// Before a command reads or writes local state: tighten (or, `apply`
+/// false, only report) what of it other users could reach.
+pub(super) fn keep_state_private(inv: &Inventory, apply: bool) -> Result<(), i32> {
+    match crate::private::check_state(inv, apply) {
+        Ok(message) => {
+            eprint!("{message}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}

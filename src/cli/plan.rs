@@ -1,0 +1,52 @@
+//! `plan` and `--dry-run`: the plan with its exact commands, touching no
+//! host.
+
+use crate::load::{self, Loaded};
+use crate::plan::{self, Plan};
+use crate::plan_output;
+use crate::secrets::Generate;
+
+use super::{bad_input, keep_state_private, Cli, EXIT_OK};
+
+pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    let loaded = match load::load(&cli.hosts, env, Generate::Placeholder) {
+        Ok(l) => l,
+        Err(d) => return bad_input(&d),
+    };
+    // A dry run changes nothing, here either: it only warns.
+    if let Err(code) = keep_state_private(&loaded.inventory, false) {
+        return code;
+    }
+    match build_plan(&loaded) {
+        Ok(plan) => {
+            let out = if json {
+                plan_output::json(&plan)
+            } else {
+                plan_output::text(&plan)
+            };
+            // Belt and braces: nothing printed may hold a secret value.
+            print!("{}", loaded.secrets.mask(&out));
+            if json {
+                println!();
+            }
+            EXIT_OK
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn build_plan(loaded: &Loaded) -> Result<Plan, i32> {
+    let inv = &loaded.inventory;
+    let mut app = None;
+    if let crate::inventory::AppSource::Folder(dir) = &inv.app {
+        if loaded.templates.values().any(|t| t.manifest.app) {
+            let source = dir.to_string_lossy();
+            let p = inv.resolve_path(&source);
+            app = Some(crate::app_folder::read(inv, &p, &source).map_err(|d| bad_input(&d))?);
+        }
+    }
+    let files = app.as_ref().map(|a| a.files.as_slice()).unwrap_or_default();
+    let mut plan = plan::build(loaded, files).map_err(|d| bad_input(&d))?;
+    plan.app_folder = app.map(|a| a.report);
+    Ok(plan)
+}
