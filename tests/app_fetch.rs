@@ -8,8 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,10 @@ use std::time::{Duration, Instant};
 use provision::plan::{Action, Plan, StepKind};
 use provision::secrets::Generate;
 use provision::transport::{Exec, LocalTransport, Transport};
+
+mod support;
+
+use support::local::{closed_port, mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const TOKEN: &str = "ghp-test-token-0123456789";
@@ -101,19 +104,6 @@ async fn upload(t: &LocalTransport, actions: &[Action]) -> String {
         "the token is in the fetch line: {line}"
     );
     line
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-/// A port on 127.0.0.1 where nothing listens.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Serve one HTTP response on 127.0.0.1, then stop.

@@ -6,34 +6,14 @@
 //! 0600, written by the real backup code through the LocalTransport against
 //! this machine's Docker engine.
 
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod support;
+
+use support::local::{chmod, closed_port, mode};
+
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn chmod(p: &Path, m: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
-}
-
-/// A port on 127.0.0.1 where nothing listens: the run fails at once to
-/// connect, after it has dealt with the local state.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn project(extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -5,164 +5,22 @@
 //! even when the test fails. Under CI=true a missing engine fails the test.
 //! Traffic goes only to 127.0.0.1 and to the machines a test created.
 
-use std::net::Ipv4Addr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+mod support;
 
-use provision::machines::{
-    Init, MachineSpec, MachineState, Playground, PortForward, UpAction, LABEL_PROJECT,
-};
+use std::time::Duration;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One test's playground: a unique project, subnet and state folder.
-struct Lab {
-    project: String,
-    subnet: [u8; 3],
-    _state: tempfile::TempDir,
-    playground: Playground,
-}
-
-impl Lab {
-    /// None when there is no engine and this is not CI (the test is skipped).
-    async fn new() -> Option<Lab> {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        let state = tempfile::tempdir().unwrap();
-        let playground = Playground::new(state.path());
-        if let Err(e) = playground.ensure_engine().await {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true: tests/machines.rs needs a local Docker engine: {e}");
-            }
-            eprintln!("skipping: no local Docker engine ({e}); under CI=true this fails");
-            return None;
-        }
-        Some(Lab {
-            project: format!("pvtest-{pid}-{n}"),
-            // 10.213.20.0/24 .. 10.213.219.0/24: apart for parallel tests and runs.
-            subnet: [10, 213, (20 + (pid * 8 + n) % 200) as u8],
-            _state: state,
-            playground,
-        })
-    }
-
-    fn machine(&self, name: &str, last_octet: u8, init: Init) -> MachineSpec {
-        let [a, b, c] = self.subnet;
-        let mut spec = MachineSpec::new(&self.project, name, Ipv4Addr::new(a, b, c, last_octet));
-        spec.init = init;
-        spec
-    }
-
-    /// `ssh root@ADDRESS SCRIPT` with strict host-key checking against the
-    /// project's known_hosts only, and the project's key only.
-    fn ssh(&self, address: Ipv4Addr, script: &str) -> std::process::Output {
-        let known_hosts = self.playground.known_hosts_path();
-        let key = self.playground.project_key_path();
-        Command::new("ssh")
-            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args([
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg("-i")
-            .arg(&key)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg(format!("root@{address}"))
-            .arg(script)
-            .output()
-            .unwrap()
-    }
-
-    fn ssh_ok(&self, address: Ipv4Addr, script: &str) -> String {
-        let out = self.ssh(address, script);
-        assert!(
-            out.status.success(),
-            "ssh {address} {script:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn known_hosts(&self) -> String {
-        std::fs::read_to_string(self.playground.known_hosts_path()).unwrap_or_default()
-    }
-
-    /// Words printed by `docker ARGS` for this project's objects.
-    fn docker_list(&self, args: &[&str]) -> Vec<String> {
-        let out = docker(args);
-        out.split_whitespace().map(String::from).collect()
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let filter = format!("label={LABEL_PROJECT}={}", self.project);
-        self.docker_list(&["ps", "--all", "--quiet", "--filter", &filter])
-    }
-
-    fn volumes(&self) -> Vec<String> {
-        let filter = format!("label={LABEL_PROJECT}={}", self.project);
-        let mut v = self.docker_list(&["volume", "ls", "--quiet", "--filter", &filter]);
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let containers = self.containers();
-        if !containers.is_empty() {
-            let mut args = vec!["rm", "--force"];
-            args.extend(containers.iter().map(String::as_str));
-            docker(&args);
-        }
-        let volumes = self.volumes();
-        if !volumes.is_empty() {
-            let mut args = vec!["volume", "rm", "--force"];
-            args.extend(volumes.iter().map(String::as_str));
-            docker(&args);
-        }
-        let filter = format!("label={LABEL_PROJECT}={}", self.project);
-        for network in self.docker_list(&["network", "ls", "--quiet", "--filter", &filter]) {
-            docker(&["network", "rm", &network]);
-        }
-    }
-}
-
-/// Run docker, returning stdout whatever the outcome (cleanup and listing).
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Poll `check` until it returns Some, or panic after `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use provision::machines::{Init, MachineState, PortForward, UpAction, LABEL_PROJECT};
+use support::lab::Lab;
+use support::wait::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_is_reachable_with_strict_host_keys_idempotent_and_down_cleans_up() {
-    let Some(lab) = Lab::new().await else { return };
+    let Some(lab) = Lab::numbered("pvtest", 213) else {
+        return;
+    };
     let specs = [
-        lab.machine("web", 10, Init::Systemd),
-        lab.machine("db", 11, Init::None),
+        lab.spec("web", 10, Init::Systemd),
+        lab.spec("db", 11, Init::None),
     ];
 
     let first = lab.playground.up(&specs).await.unwrap();
@@ -223,12 +81,14 @@ async fn up_is_reachable_with_strict_host_keys_idempotent_and_down_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_reaches_the_guest_on_loopback_stopped_machines_start_changed_ones_refuse() {
-    let Some(lab) = Lab::new().await else { return };
+    let Some(lab) = Lab::numbered("pvtest", 213) else {
+        return;
+    };
     let host_port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let mut spec = lab.machine("gate", 20, Init::None);
+    let mut spec = lab.spec("gate", 20, Init::None);
     spec.forwards.push(PortForward {
         host_port,
         guest_port: 22,
@@ -247,11 +107,11 @@ async fn a_forward_reaches_the_guest_on_loopback_stopped_machines_start_changed_
     })
     .await;
     assert!(banner.contains("OpenSSH"), "{banner}");
-    let published = docker(&["port", &specs[0].container_name(), "22"]);
+    let published = lab.docker(&["port", &specs[0].container_name(), "22"]);
     assert_eq!(published.trim(), format!("127.0.0.1:{host_port}"));
 
     // A stopped machine is started again, not re-created.
-    docker(&["stop", &specs[0].container_name()]);
+    lab.docker(&["stop", &specs[0].container_name()]);
     let status = lab.playground.status(&specs).await.unwrap();
     assert_eq!(status[0].state, MachineState::Stopped);
     let started = lab.playground.up(&specs).await.unwrap();
@@ -275,10 +135,12 @@ async fn a_forward_reaches_the_guest_on_loopback_stopped_machines_start_changed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_machine_can_install_and_run_its_own_docker() {
-    let Some(lab) = Lab::new().await else { return };
+    let Some(lab) = Lab::numbered("pvtest", 213) else {
+        return;
+    };
     let specs = [
-        lab.machine("vm", 10, Init::Systemd),
-        lab.machine("bare", 11, Init::None),
+        lab.spec("vm", 10, Init::Systemd),
+        lab.spec("bare", 11, Init::None),
     ];
     lab.playground.up(&specs).await.unwrap();
 
@@ -321,13 +183,15 @@ async fn each_kind_of_machine_can_install_and_run_its_own_docker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subnet_taken_by_another_network_is_a_clear_error() {
-    let Some(lab) = Lab::new().await else { return };
-    let spec = lab.machine("web", 10, Init::None);
-    let [a, b, c] = lab.subnet;
+    let Some(lab) = Lab::numbered("pvtest", 213) else {
+        return;
+    };
+    let spec = lab.spec("web", 10, Init::None);
+    let [a, b, c] = lab.net;
     let label = format!("{LABEL_PROJECT}={}", lab.project);
     let subnet = format!("{a}.{b}.{c}.0/24");
     let other = format!("{}-other", lab.project);
-    docker(&[
+    lab.docker(&[
         "network", "create", "--subnet", &subnet, "--label", &label, &other,
     ]);
 

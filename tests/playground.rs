@@ -8,209 +8,55 @@
 //! Traffic goes only to the machines this test creates (its own /24 in
 //! 10.216.0.0/16). Under CI=true a missing Docker engine fails the test.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-use provision::machines::{Init, MachineSpec, Playground};
+use provision::machines::Init;
+use support::http::{http_until_jar, number_after};
+use support::lab::Lab;
 
-const BIN: &str = env!("CARGO_BIN_EXE_provision");
-
-struct Lab {
-    dir: tempfile::TempDir,
-    project: String,
-    net: [u8; 3],
-    extra: Vec<MachineSpec>,
+/// The shipped playground, with this lab's project and addresses; host
+/// `web` runs systemd, host `db` no init system (both install paths).
+fn write_hosts(lab: &Lab, nginx_vars: &BTreeMap<&str, &str>) {
+    let vars: Vec<String> = nginx_vars
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    let nginx = "[services.nginx]\nhost = \"web\"\ntemplate = \"nginx\"\n";
+    let db = lab.addr(11).to_string();
+    let text = lab
+        .shipped_hosts()
+        .replace(&format!("\"{db}\""), &format!("\"{db}\"\ninit = \"none\""))
+        .replace(nginx, &format!("{nginx}vars = {{ {} }}\n", vars.join(", ")));
+    lab.write("hosts.toml", &text);
 }
 
-impl Lab {
-    fn new() -> Lab {
-        if Command::new("docker")
-            .arg("info")
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            // .ci/run starts dockerd; without CI, say so loudly and fail too:
-            // this test is the product's main path.
-            panic!("tests/playground.rs needs a running local Docker engine (start dockerd)");
-        }
-        let pid = std::process::id();
-        let net = [10, 216, (20 + pid % 200) as u8];
-        let project = format!("pve2e-{pid}");
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(repo().join("examples"), dir.path().join("examples")).unwrap();
-        let lab = Lab {
-            dir,
-            project,
-            net,
-            extra: Vec::new(),
-        };
-        lab.write_hosts(&BTreeMap::new());
-        lab
-    }
-
-    fn addr(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], last)
-    }
-
-    /// The shipped playground, with this lab's project and addresses; host
-    /// `web` runs systemd, host `db` no init system (both install paths).
-    fn write_hosts(&self, nginx_vars: &BTreeMap<&str, &str>) {
-        let shipped = std::fs::read_to_string(repo().join("hosts.toml")).unwrap();
-        let vars: Vec<String> = nginx_vars
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect();
-        let text = shipped
-            .replace(
-                "name = \"playground\"",
-                &format!("name = \"{}\"", self.project),
-            )
-            .replace("192.168.33.10", &self.addr(10).to_string())
-            .replace(
-                "192.168.33.11",
-                &format!("{}\"\ninit = \"none", self.addr(11)),
-            )
-            .replace("forward = [\"8080:80\", \"5601:5601\"]\n", "")
-            .replace(
-                "[services.nginx]\nhost = \"web\"\ntemplate = \"nginx\"\n",
-                &format!(
-                    "[services.nginx]\nhost = \"web\"\ntemplate = \"nginx\"\nvars = {{ {} }}\n",
-                    vars.join(", ")
-                ),
-            );
-        std::fs::write(self.dir.path().join("hosts.toml"), text).unwrap();
-    }
-
-    fn provision(&self, args: &[&str]) -> (Output, Duration) {
-        let started = Instant::now();
-        let out = Command::new(BIN)
-            .current_dir(self.dir.path())
-            .args(["--hosts", "hosts.toml"])
-            .args(args)
-            .output()
-            .unwrap();
-        (out, started.elapsed())
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join(".provision")
-    }
-
-    fn ssh(&self, address: Ipv4Addr, script: &str) -> Output {
-        Command::new("ssh")
-            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.state().join("known_hosts").display()
-            ))
-            .args([
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-i",
-            ])
-            .arg(self.state().join("id_ed25519"))
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg(format!("root@{address}"))
-            .arg(script)
-            .output()
-            .unwrap()
-    }
-
-    fn ssh_ok(&self, address: Ipv4Addr, script: &str) -> String {
-        let out = self.ssh(address, script);
-        assert!(
-            out.status.success(),
-            "`{script}` on {address}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn container(&self, service: &str) -> String {
-        format!("{}-{service}", self.project)
-    }
-
-    /// StartedAt of each service's container on its host.
-    fn started_at(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for (service, host) in [("redis", 10), ("rails", 10), ("nginx", 10), ("postgis", 11)] {
-            let t = self.ssh_ok(
-                self.addr(host),
-                &format!(
-                    "docker inspect -f '{{{{.State.StartedAt}}}}' {}",
-                    self.container(service)
-                ),
-            );
-            out.insert(service.to_string(), t);
-        }
-        out
-    }
-
-    /// GET the page through Nginx on host 1, keeping the session cookie.
-    fn visit(&self) -> String {
-        let jar = self.dir.path().join("cookies");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = Command::new("curl")
-                .args(["-sS", "--max-time", "10", "-c"])
-                .arg(&jar)
-                .arg("-b")
-                .arg(&jar)
-                .arg(format!("http://{}/", self.addr(10)))
-                .output()
-                .unwrap();
-            let body = String::from_utf8_lossy(&out.stdout).to_string();
-            if out.status.success() && body.contains("Total visits") {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no page through nginx: {body} {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn rows_in_postgis(&self) -> u64 {
-        let sql = "SELECT count(*) FROM visits WHERE ST_X(location::geometry) IS NOT NULL";
-        let line = self.ssh_ok(
-            self.addr(11),
-            &format!(
-                "docker exec -u postgres {} psql -d app -tAc \"{sql}\"",
-                self.container("postgis")
-            ),
-        );
-        line.parse()
-            .unwrap_or_else(|_| panic!("psql said {line:?}"))
-    }
+/// StartedAt of each service's container on its host.
+fn started_at(lab: &Lab) -> BTreeMap<String, String> {
+    let hosts = [("redis", 10), ("rails", 10), ("nginx", 10), ("postgis", 11)];
+    let at =
+        |(service, host): (&str, u8)| (service.into(), lab.started_at(lab.addr(host), service));
+    hosts.into_iter().map(at).collect()
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .current_dir(self.dir.path())
-            .args(["--hosts", "hosts.toml", "down", "--volumes"])
-            .output();
-        if !self.extra.is_empty() {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let p = Playground::new(self.state());
-            let _ = rt.block_on(p.down(&self.extra, true));
-        }
-    }
+/// GET the page through Nginx on host 1, keeping the session cookie.
+fn visit(lab: &Lab) -> String {
+    let (url, jar) = (
+        format!("http://{}/", lab.addr(10)),
+        lab.path().join("cookies"),
+    );
+    http_until_jar(
+        &url,
+        Some(&jar),
+        "Total visits",
+        std::time::Duration::from_secs(60),
+    )
+}
+
+fn rows_in_postgis(lab: &Lab) -> u64 {
+    let sql = "SELECT count(*) FROM visits WHERE ST_X(location::geometry) IS NOT NULL";
+    lab.psql(lab.addr(11), sql).parse().unwrap()
 }
 
 fn same_state_both_ways(lab: &Lab) {
@@ -249,43 +95,22 @@ fn same_state_both_ways(lab: &Lab) {
     }
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn number_after(page: &str, id: &str) -> u64 {
-    let marker = format!("id=\"{id}\">");
-    let rest = &page[page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no #{id} in {page}"))
-        + marker.len()..];
-    rest[..rest.find('<').unwrap()].parse().unwrap()
-}
-
 #[test]
 fn the_two_host_playground_end_to_end() {
-    let mut lab = Lab::new();
+    let lab = Lab::new("pve2e", 216);
+    write_hosts(&lab, &BTreeMap::new());
 
     // 1. From blank machines: exit 0, a page through Nginx, the visit row in
     //    PostGIS on host 2, the session in Redis on host 1.
-    let (out, cold) = lab.provision(&[]);
-    assert_eq!(out.status.code(), Some(0), "first run:\n{}", text(&out));
-    eprintln!("cold run from blank machines: {:.1} s", cold.as_secs_f64());
-    let all = text(&out);
+    let out = lab.provision(&[]).expect(0, "first run");
+    eprintln!("cold run from blank machines: {:.1} s", out.secs());
+    let all = out.text();
     assert!(
         all.contains("skipped fluentd"),
         "upstream services are skipped with a message:\n{all}"
     );
-    let first = lab.visit();
-    let second = lab.visit();
+    let first = visit(&lab);
+    let second = visit(&lab);
     assert!(second.contains("POINT("), "{second}");
     assert_eq!(
         number_after(&second, "session"),
@@ -293,7 +118,7 @@ fn the_two_host_playground_end_to_end() {
         "the session is kept"
     );
     assert!(number_after(&second, "total") > number_after(&first, "total"));
-    let rows = lab.rows_in_postgis();
+    let rows = rows_in_postgis(&lab);
     assert!(rows >= 2, "rows in PostGIS on host 2: {rows}");
     let keys = lab.ssh_ok(
         lab.addr(10),
@@ -314,13 +139,12 @@ fn the_two_host_playground_end_to_end() {
     );
 
     // 2. A second run changes nothing.
-    let before = lab.started_at();
-    let (out, noop) = lab.provision(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("Nothing changed"), "{}", text(&out));
-    eprintln!("no-op rerun: {:.3} s", noop.as_secs_f64());
+    let before = started_at(&lab);
+    let out = lab.provision(&[]).expect(0, "rerun");
+    assert!(out.text().contains("Nothing changed"), "{}", out.text());
+    eprintln!("no-op rerun: {:.3} s", out.secs());
     assert_eq!(
-        lab.started_at(),
+        started_at(&lab),
         before,
         "a no-op run restarted a container"
     );
@@ -329,10 +153,9 @@ fn the_two_host_playground_end_to_end() {
     same_state_both_ways(&lab);
 
     // 3. A changed nginx variable rebuilds and restarts nginx alone.
-    lab.write_hosts(&BTreeMap::from([("worker_connections", "512")]));
-    let (out, _) = lab.provision(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let after = lab.started_at();
+    write_hosts(&lab, &BTreeMap::from([("worker_connections", "512")]));
+    lab.provision(&[]).expect(0, "nginx changed");
+    let after = started_at(&lab);
     for service in ["redis", "rails", "postgis"] {
         assert_eq!(
             after[service], before[service],
@@ -348,41 +171,29 @@ fn the_two_host_playground_end_to_end() {
         ),
     );
     assert!(conf.contains("worker_connections 512"), "{conf}");
-    lab.visit();
+    visit(&lab);
 
     // 4. The PostGIS container removed by hand: a rerun brings it back with
     //    every row.
-    let rows = lab.rows_in_postgis();
+    let rows = rows_in_postgis(&lab);
     lab.ssh_ok(
         lab.addr(11),
         &format!("docker rm -f {}", lab.container("postgis")),
     );
-    let (out, _) = lab.provision(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(lab.rows_in_postgis(), rows, "rows lost with the container");
-    let page = lab.visit();
+    lab.provision(&[]).expect(0, "postgis removed");
+    assert_eq!(rows_in_postgis(&lab), rows, "rows lost with the container");
+    let page = visit(&lab);
     assert!(number_after(&page, "total") > rows);
 
     // 5. A third machine cannot reach host 2's PostgreSQL; host 1 can.
-    let mut third = MachineSpec::new(&lab.project, "third", lab.addr(12));
-    third.init = Init::None;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let playground = Playground::new(lab.state());
-    rt.block_on(playground.up(std::slice::from_ref(&third)))
-        .expect("third machine");
-    lab.extra.push(third);
-    let probe = format!(
-        "timeout 5 bash -c 'exec 3<>/dev/tcp/{}/5432' && echo open || echo closed",
-        lab.addr(11)
-    );
-    assert_eq!(
-        lab.ssh_ok(lab.addr(10), &probe),
-        "open",
+    lab.extra_machine(lab.spec("third", 12, Init::None));
+    let db = lab.addr(11).to_string();
+    assert!(
+        lab.reaches(lab.addr(10), &db, 5432),
         "the app host must reach PostgreSQL"
     );
-    assert_eq!(
-        lab.ssh_ok(lab.addr(12), &probe),
-        "closed",
+    assert!(
+        !lab.reaches(lab.addr(12), &db, 5432),
         "a third machine reached PostgreSQL on host 2"
     );
 }

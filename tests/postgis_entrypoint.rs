@@ -24,6 +24,8 @@
 //! test's pid and are removed on drop. Traffic stays inside the containers.
 //! Under CI=true a missing Docker engine fails.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,22 +37,6 @@ use provision::templates::{self, RenderInput};
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const IMAGE_REPO: &str = "provision-test-postgis";
 const READY_LIMIT: Duration = Duration::from_secs(180);
-
-/// Whether the local engine answers; under CI=true it must.
-fn engine() -> bool {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: tests/postgis_entrypoint.rs needs a local Docker engine");
-        }
-        eprintln!("SKIPPED: no local Docker engine (start dockerd); under CI=true this fails");
-    }
-    ok
-}
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().unwrap()
@@ -390,7 +376,7 @@ const NEW_PASSWORD: &str = "rotated 'pw' $(x) \\\\ ✓";
 
 #[test]
 fn hostile_names_reach_postgres_exactly_and_the_password_only_as_a_file() {
-    if !engine() {
+    if !support::lab::engine(false) {
         return;
     }
     base_image();
@@ -519,7 +505,7 @@ fn hostile_names_reach_postgres_exactly_and_the_password_only_as_a_file() {
 
 #[test]
 fn a_data_directory_with_files_but_no_cluster_keeps_every_file() {
-    if !engine() {
+    if !support::lab::engine(false) {
         return;
     }
     base_image();

@@ -2,6 +2,8 @@
 //! the same story, on the local engine; so does the machines' quick status.
 //! A missing engine is a failure: .ci/run starts one.
 
+mod support;
+
 use std::process::Command;
 
 use provision::commands;
@@ -16,10 +18,7 @@ fn docker(args: &[&str]) -> bool {
 }
 
 fn need_engine() {
-    assert!(
-        docker(&["info"]),
-        "this test needs a running local Docker engine (.ci/run starts dockerd)"
-    );
+    support::lab::engine(true);
     if !docker(&["image", "inspect", "debian:bookworm"]) {
         // Other tests build it with debootstrap; any small image will do here.
         let rt = tokio::runtime::Runtime::new().unwrap();

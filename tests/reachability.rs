@@ -27,7 +27,9 @@ mod support;
 use std::time::Duration;
 
 use provision::machines::{Init, MachineSpec};
-use support::lab::{http_until, wait_for, Lab};
+use support::http::http_until;
+use support::lab::Lab;
+use support::wait::wait_for;
 
 fn hosts(lab: &Lab) -> String {
     format!(
@@ -168,7 +170,7 @@ fn nothing_is_reachable_that_the_user_did_not_open() {
     // 2. A full run; the page through Nginx; rows in PostGIS.
     let run = lab.provision(&[]).expect(0, "first run");
     eprintln!("cold run: {:.1} s", run.took.as_secs_f64());
-    let plan = lab.provision(&["--dry-run"]).expect(0, "plan").stdout();
+    let plan = lab.provision(&["--dry-run"]).expect(0, "plan").stdout;
     assert!(
         plan.contains(&format!(
             "5432 (postgis) on {}: only app ({})",

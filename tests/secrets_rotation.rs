@@ -18,64 +18,8 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::lab::{http_get, wait_for, Lab};
-
-fn hosts(lab: &Lab) -> String {
-    format!(
-        r#"[project]
-name = "{project}"
-
-[app]
-source = "examples/rails_app"
-
-[secrets.PG_PASSWORD]
-generate = true
-
-[secrets.SECRET_KEY_BASE]
-generate = true
-
-[hosts.web]
-machine = "local"
-address = "{web}"
-
-[hosts.db]
-machine = "local"
-address = "{db}"
-init = "none"
-
-[services.postgis]
-host = "db"
-template = "postgis"
-publish = ["5432"]
-volumes = ["pgdata:/var/lib/postgresql/data"]
-secrets = ["PG_PASSWORD"]
-
-[services.redis]
-host = "web"
-template = "redis"
-volumes = ["redis-data:/data"]
-
-[services.rails]
-host = "web"
-template = "rails"
-uses = ["postgis", "redis"]
-secrets = ["SECRET_KEY_BASE"]
-env = {{ RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1" }}
-
-[services.nginx]
-host = "web"
-template = "nginx"
-publish = ["80"]
-public = true
-uses = ["rails"]
-"#,
-        project = lab.project,
-        web = lab.addr(10),
-        db = lab.addr(11),
-    )
-}
+use support::lab::Lab;
+use support::stack::{Db, Stack};
 
 /// The value of NAME in the project's secrets file.
 fn secret(lab: &Lab, name: &str) -> String {
@@ -86,33 +30,14 @@ fn secret(lab: &Lab, name: &str) -> String {
         .to_string()
 }
 
-/// The page through Nginx on web, and its total visit count.
-fn visit(lab: &Lab) -> u64 {
-    let url = format!("http://{}/", lab.addr(10));
-    let page = wait_for("the page through nginx", Duration::from_secs(90), || {
-        http_get(&url, None)
-            .ok()
-            .filter(|b| b.contains("Total visits"))
-    });
-    let marker = "id=\"total\">";
-    let rest = &page[page.find(marker).expect("a total") + marker.len()..];
-    rest[..rest.find('<').unwrap()].parse().unwrap()
-}
-
-fn psql(lab: &Lab, sql: &str) -> String {
-    lab.ssh_ok(
-        lab.addr(11),
-        &format!(
-            "docker exec -u postgres {} psql -X -d app -tAc \"{sql}\"",
-            lab.container("postgis")
-        ),
-    )
-}
-
 #[test]
 fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_inspect() {
     let lab = Lab::new("pvsecret", 222);
-    lab.write("hosts.toml", &hosts(&lab));
+    let stack = Stack {
+        db_as: Db::MachineNoInit,
+        ..lab.stack()
+    };
+    stack.write(&lab);
     let mut broken: Vec<String> = Vec::new();
     let postgis = lab.container("postgis");
 
@@ -120,11 +45,14 @@ fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_in
     let first = lab.provision(&[]).expect(0, "first run");
     eprintln!("first run: {:.1} s", first.took.as_secs_f64());
     for _ in 0..3 {
-        visit(&lab);
+        lab.visit(stack.web);
     }
-    let rows = psql(&lab, "SELECT count(*) FROM visits");
+    let rows = lab.psql(stack.db, "SELECT count(*) FROM visits");
     assert!(rows.parse::<u64>().unwrap() >= 3, "rows: {rows}");
-    let identifier = psql(&lab, "SELECT system_identifier FROM pg_control_system()");
+    let identifier = lab.psql(
+        stack.db,
+        "SELECT system_identifier FROM pg_control_system()",
+    );
     let old = secret(&lab, "PG_PASSWORD");
 
     // The password is a file, not the container's environment.
@@ -170,20 +98,20 @@ fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_in
     let rotation = lab.provision(&[]);
     eprintln!(
         "rotation run: {:?} in {:.1} s\n{}",
-        rotation.code(),
+        rotation.code,
         rotation.took.as_secs_f64(),
-        rotation.stdout()
+        rotation.stdout
     );
     let new = secret(&lab, "PG_PASSWORD");
     assert_ne!(new, old, "a new PG_PASSWORD was generated");
     let text = rotation.text();
-    if rotation.code() != Some(0) {
+    if rotation.code != Some(0) {
         broken.push(format!(
             "the run after the new PG_PASSWORD exited {:?}:\n{text}",
-            rotation.code()
+            rotation.code
         ));
     } else {
-        if !rotation.stdout().contains("rotates PG_PASSWORD") {
+        if !rotation.stdout.contains("rotates PG_PASSWORD") {
             broken.push(format!(
                 "the run does not say it rotates PG_PASSWORD:\n{text}"
             ));
@@ -192,17 +120,20 @@ fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_in
             broken.push("the run printed a password".into());
         }
         // Rails logs in with the new password: the page is served and counts on.
-        let before = psql(&lab, "SELECT count(*) FROM visits");
+        let before = lab.psql(stack.db, "SELECT count(*) FROM visits");
         if before != rows {
             broken.push(format!("rows before the next visit: {before}, were {rows}"));
         }
-        let total = visit(&lab);
+        let total = lab.visit(stack.web);
         if total != rows.parse::<u64>().unwrap() + 1 {
             broken.push(format!(
                 "total visits after the rotation: {total}, rows were {rows}"
             ));
         }
-        let now = psql(&lab, "SELECT system_identifier FROM pg_control_system()");
+        let now = lab.psql(
+            stack.db,
+            "SELECT system_identifier FROM pg_control_system()",
+        );
         if now != identifier {
             broken.push(format!("the cluster was re-created: {identifier} -> {now}"));
         }
@@ -213,7 +144,7 @@ fn a_new_pg_password_is_rotated_with_every_row_kept_and_never_shown_by_docker_in
 
         // 3. Nothing changed: no rotation claimed.
         let again = lab.provision(&[]).expect(0, "rerun");
-        if again.stdout().contains("rotates") || !again.stdout().contains("Nothing changed") {
+        if again.stdout.contains("rotates") || !again.stdout.contains("Nothing changed") {
             broken.push(format!("a rerun with nothing changed:\n{}", again.text()));
         }
     }

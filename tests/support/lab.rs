@@ -1,85 +1,111 @@
 //! One end-to-end test lab: a project of local playground machines on this
-//! computer's Docker engine, a hosts.toml in a temp folder, the provision
-//! binary run against it, ssh into the machines, HTTP through their ports,
-//! waits with deadlines, and cleanup on drop (also when the test fails).
+//! computer's Docker engine, a hosts.toml in a temp folder, ssh and `docker
+//! exec` into the machines, and cleanup on drop (also when the test fails):
+//! every container, volume and network labelled with the lab's project.
+//! Provision runs are in `run.rs`, the Rails stack in `stack.rs`, waits in
+//! `wait.rs`, HTTP in `http.rs`.
 //!
-//! Traffic goes only to the machines a lab creates (its own /24). A missing
-//! Docker engine is a failure, never a skip: these tests are the product's
-//! main path.
+//! Traffic goes only to the machines a lab creates (its own /24). Under
+//! CI=true a missing Docker engine fails the test, never skips it: that
+//! rule lives in [`engine`] alone.
 
 #![allow(dead_code)] // each test file uses its own part of the lab
 
+use std::fmt::Display;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use provision::machines::{MachineSpec, Playground};
+use provision::machines::{Init, MachineSpec, Playground, LABEL_PROJECT};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_provision");
+use super::wait::{run_within, wait_until};
+
+/// No ssh or `docker exec` of a test may take longer.
+const SHELL_LIMIT: Duration = Duration::from_secs(600);
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub project: String,
-    net: [u8; 3],
-    /// Machines made by the test itself (not in hosts.toml), removed on drop.
-    extra: Vec<MachineSpec>,
+    /// The first three octets of the lab's /24.
+    pub net: [u8; 3],
+    /// The project's machines, driven directly (without provision).
+    pub playground: Playground,
+    /// Environment of every provision run (e.g. secret values).
+    pub env: Vec<(String, String)>,
+    /// Everything every provision run printed (see [`Lab::printed`]).
+    pub(super) printed: Mutex<String>,
+    pub(super) runs: AtomicUsize,
     /// Docker networks made by the test itself, removed on drop.
     networks: Vec<String>,
 }
 
-/// One provision run: what it printed, how it ended, how long it took.
-pub struct Run {
-    pub out: Output,
-    pub took: Duration,
-}
-
-impl Run {
-    pub fn code(&self) -> Option<i32> {
-        self.out.status.code()
+/// Whether this computer's Docker engine answers. When it does not, the
+/// test fails if `required` or under CI=true; otherwise it is skipped
+/// (false), saying so on stderr.
+pub fn engine(required: bool) -> bool {
+    let answers = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    assert!(
+        answers || !(required || ci),
+        "end-to-end tests need a running local Docker engine (start dockerd; .ci/run does)"
+    );
+    if !answers {
+        eprintln!("skipping: no local Docker engine; under CI=true this fails");
     }
-
-    pub fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-
-    /// stdout and stderr together, for assertions and failure messages.
-    pub fn text(&self) -> String {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&self.out.stdout),
-            String::from_utf8_lossy(&self.out.stderr)
-        )
-    }
-
-    /// Assert the exit code, showing the whole output when it differs.
-    pub fn expect(self, code: i32, what: &str) -> Run {
-        assert_eq!(self.code(), Some(code), "{what}:\n{}", self.text());
-        self
-    }
+    answers
 }
 
 impl Lab {
     /// A lab named `PREFIX-PID` on the /24 `10.SECOND.(20 + pid % 200)`; the
     /// second octet is the test file's own, so files never share a subnet.
+    /// No engine: the test fails.
     pub fn new(prefix: &str, second_octet: u8) -> Lab {
-        let engine = Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            engine,
-            "end-to-end tests need a running local Docker engine (start dockerd; .ci/run does)"
-        );
+        engine(true);
         let pid = std::process::id();
+        Lab::at(
+            format!("{prefix}-{pid}"),
+            [10, second_octet, (20 + pid % 200) as u8],
+        )
+    }
+
+    /// [`Lab::new`], or None (the test is skipped) with no engine outside CI.
+    pub fn or_skip(prefix: &str, second_octet: u8) -> Option<Lab> {
+        engine(false).then(|| Lab::new(prefix, second_octet))
+    }
+
+    /// A lab for each test of a file whose tests run in parallel:
+    /// `PREFIX-PID-N` on `10.SECOND.(20 + (8 pid + N) % 200)`. None as
+    /// [`Lab::or_skip`].
+    pub fn numbered(prefix: &str, second_octet: u8) -> Option<Lab> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        if !engine(false) {
+            return None;
+        }
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        Some(Lab::at(
+            format!("{prefix}-{pid}-{n}"),
+            [10, second_octet, (20 + (pid * 8 + n) % 200) as u8],
+        ))
+    }
+
+    fn at(project: String, net: [u8; 3]) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(repo().join("examples"), dir.path().join("examples")).unwrap();
         Lab {
+            playground: Playground::new(dir.path().join(".provision")),
             dir,
-            project: format!("{prefix}-{pid}"),
-            net: [10, second_octet, (20 + pid % 200) as u8],
-            extra: Vec::new(),
+            project,
+            net,
+            env: Vec::new(),
+            printed: Mutex::new(String::new()),
+            runs: AtomicUsize::new(0),
             networks: Vec::new(),
         }
     }
@@ -93,9 +119,11 @@ impl Lab {
     }
 
     pub fn addr(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], last)
+        let [a, b, c] = self.net;
+        Ipv4Addr::new(a, b, c, last)
     }
 
+    /// The container of a service on its host.
     pub fn container(&self, service: &str) -> String {
         format!("{}-{service}", self.project)
     }
@@ -103,6 +131,13 @@ impl Lab {
     /// The container of a local machine on this computer's engine.
     pub fn machine(&self, host: &str) -> String {
         format!("{}-{host}", self.project)
+    }
+
+    /// The spec of a machine of the lab's project at `.last`.
+    pub fn spec(&self, name: &str, last: u8, init: Init) -> MachineSpec {
+        let mut spec = MachineSpec::new(&self.project, name, self.addr(last));
+        spec.init = init;
+        spec
     }
 
     /// Write `hosts.toml` (or another file of the lab's folder).
@@ -124,63 +159,68 @@ impl Lab {
             .replace("forward = [\"8080:80\", \"5601:5601\"]\n", "")
     }
 
-    /// `provision --hosts hosts.toml ARGS` in the lab's folder.
-    pub fn provision(&self, args: &[&str]) -> Run {
-        self.provision_env(args, &[])
+    /// Everything every provision run of the lab printed (secret scans).
+    pub fn printed(&self) -> String {
+        self.printed.lock().unwrap().clone()
     }
 
-    pub fn provision_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let started = Instant::now();
-        let out = Command::new(BIN)
-            .current_dir(self.path())
-            .args(["--hosts", "hosts.toml"])
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        Run {
-            out,
-            took: started.elapsed(),
-        }
+    /// The project's known_hosts ("" when there is none).
+    pub fn known_hosts(&self) -> String {
+        std::fs::read_to_string(self.playground.known_hosts_path()).unwrap_or_default()
+    }
+
+    /// The files provision kept in `.provision/backups`, sorted.
+    pub fn backups(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state().join("backups"))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into()))
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// ssh as root into a machine with the project's key, checking its host
     /// key against the project's known_hosts only (strict).
-    pub fn ssh(&self, address: Ipv4Addr, script: &str) -> Output {
-        Command::new("ssh")
-            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+    pub fn ssh_cmd(&self, address: impl Display, script: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-o", "StrictHostKeyChecking=yes", "-o"])
             .arg(format!(
                 "UserKnownHostsFile={}",
-                self.state().join("known_hosts").display()
+                self.playground.known_hosts_path().display()
             ))
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
             .args(["-o", "IdentitiesOnly=yes", "-i"])
-            .arg(self.state().join("id_ed25519"))
+            .arg(self.playground.project_key_path())
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
-            .args(["-o", "LogLevel=ERROR"])
+            .args(["-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR"])
             .arg(format!("root@{address}"))
             .arg(script)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// [`Lab::ssh_cmd`] run to its end (killed past 10 minutes).
+    pub fn ssh(&self, address: impl Display, script: &str) -> Output {
+        run_within(self.ssh_cmd(address, script), SHELL_LIMIT)
     }
 
     /// `ssh` that must succeed; its trimmed stdout.
-    pub fn ssh_ok(&self, address: Ipv4Addr, script: &str) -> String {
-        let out = self.ssh(address, script);
-        assert!(
-            out.status.success(),
-            "`{script}` on {address}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    pub fn ssh_ok(&self, address: impl Display, script: &str) -> String {
+        let what = format!("`{script}` on {address}");
+        succeeded(&what, self.ssh(address, script))
+    }
+
+    /// Poll until `script` succeeds over ssh on `address` (within `limit`).
+    pub fn wait_for_ssh(&self, address: impl Display, script: &str, limit: Duration) {
+        wait_until(&format!("`{script}` over ssh on {address}"), limit, || {
+            let probe = self.ssh_cmd(&address, script);
+            run_within(probe, Duration::from_secs(20)).status.success()
+        });
     }
 
     /// Whether a TCP connection from machine `from` to `to:port` opens
     /// (`to` may be an IPv6 address), with a 5 s limit.
-    pub fn reaches(&self, from: Ipv4Addr, to: &str, port: u16) -> bool {
+    pub fn reaches(&self, from: impl Display, to: &str, port: u16) -> bool {
         let probe = format!(
             "timeout 5 bash -c 'exec 3<>/dev/tcp/{to}/{port}' 2>/dev/null && echo open || echo closed"
         );
@@ -191,113 +231,101 @@ impl Lab {
         }
     }
 
+    /// A shell line in a machine, from the outer engine (not over SSH).
+    pub fn dexec(&self, host: &str, script: &str) -> Output {
+        let mut c = Command::new("docker");
+        c.args(["exec", &self.machine(host), "sh", "-c", script]);
+        run_within(c, SHELL_LIMIT)
+    }
+
+    /// `dexec` that must succeed; its trimmed stdout.
+    pub fn dexec_ok(&self, host: &str, script: &str) -> String {
+        succeeded(&format!("`{script}` in {host}"), self.dexec(host, script))
+    }
+
+    /// `docker ARGS` on this computer's engine, which must succeed.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let mut c = Command::new("docker");
+        c.args(args);
+        succeeded(
+            &format!("docker {}", args.join(" ")),
+            run_within(c, SHELL_LIMIT),
+        )
+    }
+
     /// A machine of the lab's project that hosts.toml does not name (a third
-    /// machine to probe from); removed on drop.
-    pub fn extra_machine(&mut self, spec: MachineSpec) {
+    /// machine to probe from); removed on drop with the others.
+    pub fn extra_machine(&self, spec: MachineSpec) {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(Playground::new(self.state()).up(std::slice::from_ref(&spec)))
+        rt.block_on(self.playground.up(std::slice::from_ref(&spec)))
             .expect("extra machine");
-        self.extra.push(spec);
     }
 
     /// A Docker network of the lab's own (e.g. `--ipv6 --subnet ...`),
     /// removed on drop.
     pub fn network(&mut self, name: &str, args: &[&str]) -> String {
         let name = format!("{}-{name}", self.project);
-        let out = Command::new("docker")
-            .args(["network", "create"])
-            .args(args)
-            .arg(&name)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker network create {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut create = vec!["network", "create"];
+        create.extend(args);
+        create.push(&name);
+        self.docker(&create);
         self.networks.push(name.clone());
         name
     }
 
-    /// `docker ARGS` on this computer's engine, which must succeed.
-    pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    /// Names of the project's objects of a kind on this computer's engine
+    /// (`ps --all`, `volume ls`, `network ls`), sorted.
+    pub fn labelled(&self, list: &[&str]) -> Vec<String> {
+        let filter = format!("label={LABEL_PROJECT}={}", self.project);
+        let out = Command::new("docker")
+            .args(list)
+            .args(["--quiet", "--filter", &filter])
+            .output()
+            .unwrap();
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The project's containers (its machines) on this computer's engine.
+    pub fn containers(&self) -> Vec<String> {
+        self.labelled(&["ps", "--all"])
+    }
+
+    /// The project's volumes on this computer's engine.
+    pub fn volumes(&self) -> Vec<String> {
+        self.labelled(&["volume", "ls"])
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if self.path().join("hosts.toml").exists() {
-            let _ = Command::new(BIN)
-                .current_dir(self.path())
-                .args(["--hosts", "hosts.toml", "down", "--volumes"])
-                .output();
-        }
-        if !self.extra.is_empty() {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let _ = rt.block_on(Playground::new(self.state()).down(&self.extra, true));
-        }
-        for n in &self.networks {
-            let _ = Command::new("docker").args(["network", "rm", n]).output();
-        }
+        let rm = |what: &[&str], names: Vec<String>| {
+            if !names.is_empty() {
+                let _ = Command::new("docker").args(what).args(names).output();
+            }
+        };
+        rm(&["rm", "--force"], self.containers());
+        rm(&["volume", "rm", "--force"], self.volumes());
+        rm(&["network", "rm"], self.networks.clone());
+        rm(&["network", "rm"], self.labelled(&["network", "ls"]));
     }
+}
+
+/// The trimmed stdout of a command that must have succeeded.
+fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Poll `f` until it returns `Some`, failing with `what` after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// GET `url` with curl (a cookie jar in `jar` when given); the body when the
-/// status is 2xx.
-pub fn http_get(url: &str, jar: Option<&Path>) -> Result<String, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--fail", "--max-time", "10"]);
-    if let Some(jar) = jar {
-        cmd.arg("-c").arg(jar).arg("-b").arg(jar);
-    }
-    let out = cmd.arg(url).output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// GET `url` until its body contains `needle` (within `limit`).
-pub fn http_until(url: &str, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match http_get(url, None) {
-            Ok(body) if body.contains(needle) => return body,
-            Ok(body) => body,
-            Err(e) => e,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{url} never showed {needle:?} within {limit:?}; last: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
