@@ -130,7 +130,7 @@ fn run_events_as_json_lines() {
 
     // 1. A run with one failing host.
     let run = lab.provision(&["--json"]);
-    let stdout = run.stdout();
+    let stdout = run.stdout.clone();
     let evs = events(&stdout);
     check_steps(&evs);
     let names: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
@@ -181,7 +181,7 @@ fn run_events_as_json_lines() {
     }
     let summary = evs.last().unwrap();
     assert_eq!(summary["exit_code"], 1, "{summary}");
-    assert_eq!(Some(1), run.code(), "{}", run.text());
+    assert_eq!(Some(1), run.code, "{}", run.text());
     assert_eq!(summary["hosts"]["a"]["failed"], 0, "{summary}");
     assert_eq!(summary["hosts"]["a"]["ok"], true, "{summary}");
     assert!(
@@ -189,7 +189,7 @@ fn run_events_as_json_lines() {
         "{summary}"
     );
     // The human summary is on stderr in this mode.
-    let stderr = String::from_utf8_lossy(&run.out.stderr);
+    let stderr = run.stderr.clone();
     assert!(stderr.contains("FAILED"), "{stderr}");
     // The secret never shows.
     let secrets = std::fs::read_to_string(lab.state().join("secrets.env")).unwrap();
@@ -207,7 +207,7 @@ fn run_events_as_json_lines() {
 
     // 2. --only a: a is up to date; b's steps are left out.
     let run = lab.provision(&["--only", "a", "--json"]);
-    let stdout = run.stdout();
+    let stdout = run.stdout.clone();
     let evs = events(&stdout);
     check_steps(&evs);
     assert_eq!(evs[0]["only"], "a", "{stdout}");
@@ -227,6 +227,6 @@ fn run_events_as_json_lines() {
     );
     let summary = evs.last().unwrap();
     assert_eq!(summary["event"], "summary");
-    assert_eq!(summary["exit_code"].as_i64(), run.code().map(i64::from));
-    assert!(run.code().is_some(), "{}", run.text());
+    assert_eq!(summary["exit_code"].as_i64(), run.code.map(i64::from));
+    assert!(run.code.is_some(), "{}", run.text());
 }
