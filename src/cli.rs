@@ -186,12 +186,20 @@ fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     if let Err(code) = keep_state_private(&loaded.inventory, false) {
         return code;
     }
+    let only = cli.only.as_deref();
+    if let Some(only) = only.filter(|o| loaded.inventory.host(o).is_none()) {
+        eprintln!(
+            "error: --only {only}: no such host in {}",
+            cli.hosts.display()
+        );
+        return EXIT_BAD_INPUT;
+    }
     match build_plan(&loaded) {
         Ok(plan) => {
             let out = if json {
-                plan_output::json(&plan)
+                plan_output::json(&plan, only)
             } else {
-                plan_output::text(&plan)
+                plan_output::text(&plan, only)
             };
             // Belt and braces: nothing printed may hold a secret value.
             print!("{}", loaded.secrets.mask(&out));

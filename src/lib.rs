@@ -25,6 +25,7 @@ pub mod probe;
 pub mod progress;
 pub mod reach;
 pub mod run;
+pub mod runtime;
 pub mod secrets;
 pub mod templates;
 pub mod timing;
