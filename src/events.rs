@@ -13,27 +13,23 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::executor::HostReport;
-use crate::plan::{Step, StepKind};
+use crate::plan::StepId;
 use crate::secrets::Secrets;
 
-/// A step as events name it: its host, its service (none for host-wide
-/// steps such as the network or the firewall) and its kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StepRef {
-    pub host: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    pub kind: StepKind,
-}
-
-impl StepRef {
-    pub fn of(step: &Step) -> StepRef {
-        StepRef {
-            host: step.host.clone(),
-            service: step.service.clone(),
-            kind: step.kind,
-        }
+/// Events give a step as an object (`{"host", "service", "kind", "name"}`,
+/// absent fields left out), where the plan output gives its text.
+fn step_object<S: serde::Serializer>(id: &StepId, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry("host", &id.host)?;
+    if let Some(service) = &id.service {
+        m.serialize_entry("service", service)?;
     }
+    m.serialize_entry("kind", &id.kind)?;
+    if let Some(name) = &id.name {
+        m.serialize_entry("name", name)?;
+    }
+    m.end()
 }
 
 /// One host's counts, as the end-of-run summary gives them.
@@ -85,17 +81,20 @@ pub enum Event {
     },
     StepStarted {
         host: String,
-        step: StepRef,
+        #[serde(serialize_with = "step_object")]
+        step: StepId,
         summary: String,
     },
     StepOutput {
         host: String,
-        step: StepRef,
+        #[serde(serialize_with = "step_object")]
+        step: StepId,
         line: String,
     },
     StepFinished {
         host: String,
-        step: StepRef,
+        #[serde(serialize_with = "step_object")]
+        step: StepId,
         summary: String,
         /// Whether the step changed the host (a readiness wait does not).
         changed: bool,
@@ -105,7 +104,8 @@ pub enum Event {
     },
     StepFailed {
         host: String,
-        step: StepRef,
+        #[serde(serialize_with = "step_object")]
+        step: StepId,
         summary: String,
         error: String,
         /// Not run at all: a step it needs did not succeed.
@@ -114,7 +114,8 @@ pub enum Event {
     },
     StepSkipped {
         host: String,
-        step: StepRef,
+        #[serde(serialize_with = "step_object")]
+        step: StepId,
         summary: String,
         reason: String,
     },
@@ -384,11 +385,7 @@ mod tests {
         let kept = Arc::new(Mutex::new(Vec::new()));
         let ev = Events::new(secrets, Box::new(Keep(kept.clone())));
         ev.log_to(&log);
-        let step = StepRef {
-            host: "web".into(),
-            service: Some("rails".into()),
-            kind: StepKind::Run,
-        };
+        let step = StepId::service("web", "rails", crate::plan::StepKind::Run);
         // As Rails would print it when the database refuses the URL.
         ev.emit(Event::StepOutput {
             host: "web".into(),
@@ -433,5 +430,16 @@ mod tests {
         assert_eq!(v["host"], "db");
         assert_eq!(v["changed"], 1);
         assert_eq!(v["ts"], "2026-12-02T08:00:00.000Z");
+        let e = Event::StepSkipped {
+            host: "db".into(),
+            step: StepId::named("db", crate::plan::StepKind::Volume, "pgdata"),
+            summary: "create volume pgdata".into(),
+            reason: "left out by --only web".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v["step"],
+            serde_json::json!({"host": "db", "kind": "volume", "name": "pgdata"})
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::commands;
-use crate::events::{Counts, Event, Events, StepRef};
-use crate::plan::{Action, HostPlan, Plan, Step, StepKind};
+use crate::events::{Counts, Event, Events};
+use crate::plan::{self, Action, HostPlan, Plan, Selection, Step, StepId, StepKind};
 use crate::probe::HostState;
 use crate::templates::ContextFile;
 use crate::transport::{Exec, Stream, Transport, TransportError};
@@ -40,11 +40,21 @@ pub struct HostReport {
     pub changed: Vec<String>,
     pub unchanged: usize,
     pub skipped: Vec<(String, String)>,
-    pub failed: Vec<(String, String)>,
-    pub blocked: Vec<(String, String)>,
+    pub failed: Vec<StepFailure>,
+    pub blocked: Vec<StepFailure>,
     /// Things the user must know about (where an automatic backup went).
     pub notes: Vec<String>,
     pub elapsed: Duration,
+}
+
+/// A step that failed, or did not run because one it needs did not
+/// succeed.
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    pub step: StepId,
+    /// What the step does, as the plan says it.
+    pub summary: String,
+    pub why: String,
 }
 
 impl HostReport {
@@ -57,20 +67,30 @@ impl HostReport {
     }
 }
 
+impl StepFailure {
+    fn of(step: &Step, why: &str) -> StepFailure {
+        StepFailure {
+            step: step.id.clone(),
+            summary: step.summary.clone(),
+            why: why.to_string(),
+        }
+    }
+}
+
 /// Outcomes of finished steps, shared by all hosts.
 #[derive(Default)]
 struct Board {
-    done: Mutex<HashMap<String, Outcome>>,
+    done: Mutex<HashMap<StepId, Outcome>>,
     notify: Notify,
 }
 
 impl Board {
-    fn set(&self, id: &str, o: Outcome) {
-        self.done.lock().unwrap().insert(id.to_string(), o);
+    fn set(&self, id: &StepId, o: Outcome) {
+        self.done.lock().unwrap().insert(id.clone(), o);
         self.notify.notify_waiters();
     }
 
-    async fn wait(&self, id: &str) -> Outcome {
+    async fn wait(&self, id: &StepId) -> Outcome {
         loop {
             let notified = self.notify.notified();
             if let Some(o) = self.done.lock().unwrap().get(id) {
@@ -198,37 +218,25 @@ pub async fn execute_with(
 
     crate::timing::mark("probes");
     // Phase 2: what is pending everywhere, so a readiness wait runs only
-    // when something starts that needs it.
-    let mut pending: HashSet<String> = HashSet::new();
-    // Pending steps left out by --only.
-    let mut excluded: HashSet<String> = HashSet::new();
-    for (h, p) in hosts.iter().zip(&probes) {
-        let state = match p {
-            Some(Ok(s)) => s,
-            _ => continue,
-        };
-        for s in &h.plan.steps {
-            if state.holds(&s.when) && s.kind != StepKind::Ready {
-                if only_includes(opts.only.as_deref(), s) {
-                    pending.insert(s.id.clone());
-                } else {
-                    excluded.insert(s.id.clone());
-                }
-            }
-        }
-    }
+    // when something starts that needs it; and the pending steps left out
+    // by --only.
+    let states: HashMap<&str, &HostState> = hosts
+        .iter()
+        .zip(&probes)
+        .filter_map(|(h, p)| match p {
+            Some(Ok(s)) => Some((h.plan.host.as_str(), s)),
+            _ => None,
+        })
+        .collect();
     let all_steps: Vec<&Step> = hosts.iter().flat_map(|h| h.plan.steps.iter()).collect();
-    for s in all_steps.iter().filter(|s| s.kind == StepKind::Ready) {
-        let run_id = s.id.replace("/ready", "/run");
-        let needed = pending.contains(&run_id)
-            || all_steps
-                .iter()
-                .any(|d| d.needs.contains(&s.id) && pending.contains(&d.id));
-        if needed {
-            pending.insert(s.id.clone());
-        }
-    }
-    let known: HashSet<String> = all_steps.iter().map(|s| s.id.clone()).collect();
+    let Selection {
+        run: pending,
+        excluded,
+    } = plan::select(&all_steps, opts.only.as_deref(), |s| {
+        states.get(s.host()).is_some_and(|st| st.holds(&s.when))
+    });
+    let known: HashSet<StepId> = all_steps.iter().map(|s| s.id.clone()).collect();
+    drop(states);
 
     // Phase 3: every host at once.
     let board = Arc::new(Board::default());
@@ -281,27 +289,11 @@ pub async fn execute_with(
     futures::future::join_all(runs).await
 }
 
-/// Whether a pending step runs under `--only HOST`: every step of that
-/// host; on the others, Run steps that need something on it (their
-/// container's injected settings changed: the only host came back with a
-/// new address, a new password...), and the steps that write its address
-/// (the firewall and pg_hba of a DB it uses), so a replacement at a new
-/// address is admitted and the old address dropped.
-pub fn only_includes(only: Option<&str>, s: &Step) -> bool {
-    let Some(only) = only else { return true };
-    if s.host == only {
-        return true;
-    }
-    if s.follows.iter().any(|h| h == only) {
-        return true;
-    }
-    let prefix = format!("{only}/");
-    s.kind == StepKind::Run && s.needs.iter().any(|n| n.starts_with(&prefix))
-}
+pub use crate::plan::only_includes;
 
 /// The step a host runs now.
 struct Running {
-    step: StepRef,
+    step: StepId,
     /// As started: with what it rotates.
     summary: String,
     started: Instant,
@@ -316,7 +308,7 @@ struct HostRun {
     opts: Arc<Options>,
     /// The step running now: what its output lines and its end belong to.
     current: Option<Running>,
-    excluded: Arc<HashSet<String>>,
+    excluded: Arc<HashSet<StepId>>,
     report: HostReport,
 }
 
@@ -331,7 +323,7 @@ impl HostRun {
             None => (step.summary.clone(), 0),
         };
         let host = self.host.clone();
-        let sref = StepRef::of(step);
+        let sref = step.id.clone();
         let event = match &o {
             Outcome::Changed | Outcome::Unchanged => Event::StepFinished {
                 host,
@@ -362,14 +354,13 @@ impl HostRun {
             Outcome::Unchanged => self.report.unchanged += 1,
             // Skips are reported per service: one line for its three steps.
             Outcome::Skipped(why) => self.report.skipped.push((
-                step.service.clone().unwrap_or_else(|| step.summary.clone()),
+                step.service()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| step.summary.clone()),
                 why.clone(),
             )),
-            Outcome::Failed(why) => self.report.failed.push((step.summary.clone(), why.clone())),
-            Outcome::Blocked(why) => self
-                .report
-                .blocked
-                .push((step.summary.clone(), why.clone())),
+            Outcome::Failed(why) => self.report.failed.push(StepFailure::of(step, why)),
+            Outcome::Blocked(why) => self.report.blocked.push(StepFailure::of(step, why)),
         }
         self.board.set(&step.id, o);
     }
@@ -384,8 +375,8 @@ impl HostRun {
         plan: &HostPlan,
         t: &dyn Transport,
         state: &HostState,
-        pending: &HashSet<String>,
-        known: &HashSet<String>,
+        pending: &HashSet<StepId>,
+        known: &HashSet<StepId>,
     ) {
         let mut state = state.clone();
         let mut pending = pending.clone();
@@ -440,7 +431,7 @@ impl HostRun {
             }
             if let Some(e) = missing_base {
                 let o = if step.upstream {
-                    let service = step.service.clone().unwrap_or_default();
+                    let service = step.service().map(str::to_string).unwrap_or_default();
                     self.notice(format!("skipping {service}: {e}"));
                     Outcome::Skipped(e)
                 } else {
@@ -459,11 +450,11 @@ impl HostRun {
             };
             self.events.emit(Event::StepStarted {
                 host: self.host.clone(),
-                step: StepRef::of(step),
+                step: step.id.clone(),
                 summary: summary.clone(),
             });
             self.current = Some(Running {
-                step: StepRef::of(step),
+                step: step.id.clone(),
                 summary: summary.clone(),
                 started: Instant::now(),
             });
@@ -481,12 +472,14 @@ impl HostRun {
                     if !rotated.is_empty() {
                         self.report.notes.push(format!(
                             "{}: rotates {} (the new value was set when the container started)",
-                            step.service.as_deref().unwrap_or(&step.id),
+                            step.service()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| step.id.to_string()),
                             rotated.join(", ")
                         ));
                     }
                     // A readiness wait changes nothing on the host.
-                    if step.kind == StepKind::Ready {
+                    if step.kind() == StepKind::Ready {
                         Outcome::Unchanged
                     } else {
                         Outcome::Changed
@@ -495,7 +488,7 @@ impl HostRun {
                 Err(e) => Outcome::Failed(e),
             };
             let restarted =
-                step.kind == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
+                step.kind() == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
             self.finish(step, o);
             if restarted {
                 // The daemon was not answering (stopped, or not installed),
@@ -504,7 +497,7 @@ impl HostRun {
                 // step would redo (and trip over) what is already there.
                 match probe_host(t, &self.project, plan).await {
                     Ok(fresh) => {
-                        for s in plan.steps.iter().filter(|s| s.kind != StepKind::Ready) {
+                        for s in plan.steps.iter().filter(|s| s.kind() != StepKind::Ready) {
                             if fresh.holds(&s.when) && only_includes(self.opts.only.as_deref(), s) {
                                 pending.insert(s.id.clone());
                             } else {
@@ -536,7 +529,7 @@ impl HostRun {
         let crate::plan::Condition::ContainerOutdated { name, .. } = &step.when else {
             return Ok(());
         };
-        if step.kind != StepKind::Run
+        if step.kind() != StepKind::Run
             || !state.containers.contains_key(name)
             || state.only_stopped(&step.when)
         {
@@ -563,7 +556,10 @@ impl HostRun {
             return Ok(());
         }
         self.ensure_data_image(t, bases).await?;
-        let service = step.service.clone().unwrap_or_else(|| name.clone());
+        let service = step
+            .service()
+            .map(str::to_string)
+            .unwrap_or_else(|| name.clone());
         let path = dir.join(crate::backup::backup_file_name(
             &self.host,
             crate::backup::now_secs(),
@@ -665,9 +661,9 @@ impl HostRun {
         step: &Step,
         state: &HostState,
     ) -> Result<(), String> {
-        let deadline = timeout_for(step.kind);
+        let deadline = timeout_for(step.kind());
         // A stopped container whose spec is current only needs a start.
-        if step.kind == StepKind::Run && state.only_stopped(&step.when) {
+        if step.kind() == StepKind::Run && state.only_stopped(&step.when) {
             if let crate::plan::Condition::ContainerOutdated { name, .. } = &step.when {
                 return self
                     .exec(
@@ -918,36 +914,40 @@ mod tests {
         assert!(f.starts_with("`docker` exited with 100"), "{f}");
     }
 
-    fn step(id: &str, kind: StepKind, needs: &[&str]) -> Step {
-        Step {
-            id: id.into(),
-            host: id.split('/').next().unwrap().into(),
-            service: None,
-            kind,
-            summary: id.into(),
-            needs: needs.iter().map(|s| s.to_string()).collect(),
-            when: Condition::Always,
-            actions: vec![],
-            upstream: false,
-            bases: vec![],
-            follows: vec![],
+    /// `host/service/kind` or `host/kind` written out as a [`StepId`].
+    fn id(host: &str, service: Option<&str>, kind: StepKind) -> StepId {
+        match service {
+            Some(s) => StepId::service(host, s, kind),
+            None => StepId::host(host, kind),
         }
+    }
+
+    fn step(id: StepId, needs: Vec<StepId>) -> Step {
+        let summary = id.to_string();
+        Step::new(id, summary, Condition::Always).needs(needs)
     }
 
     #[test]
     fn only_keeps_its_host_and_runs_elsewhere_that_need_it() {
+        use StepKind::*;
         let only = Some("db");
         let rails = step(
-            "web/rails/run",
-            StepKind::Run,
-            &["web/rails/build", "db/postgis/ready", "web/redis/ready"],
+            id("web", Some("rails"), Run),
+            vec![
+                id("web", Some("rails"), Build),
+                id("db", Some("postgis"), Ready),
+                id("web", Some("redis"), Ready),
+            ],
         );
-        let redis = step("web/redis/run", StepKind::Run, &["web/redis/build"]);
-        let build = step("web/rails/build", StepKind::Build, &["db/network"]);
-        assert!(only_includes(
-            only,
-            &step("db/docker", StepKind::Docker, &[])
-        ));
+        let redis = step(
+            id("web", Some("redis"), Run),
+            vec![id("web", Some("redis"), Build)],
+        );
+        let build = step(
+            id("web", Some("rails"), Build),
+            vec![id("db", None, Network)],
+        );
+        assert!(only_includes(only, &step(id("db", None, Docker), vec![])));
         assert!(only_includes(only, &rails));
         assert!(!only_includes(only, &redis));
         assert!(!only_includes(only, &build), "never a build elsewhere");
@@ -956,11 +956,17 @@ mod tests {
         assert!(!only_includes(Some("d"), &rails));
         // The firewall and pg_hba on db follow web's address: --only web
         // runs them, --only db leaves other hosts' such steps alone.
-        let mut firewall = step("db/firewall", StepKind::Firewall, &["db/docker"]);
-        firewall.follows = vec!["web".into()];
-        let mut hba = step("db/postgis/config", StepKind::Config, &["db/network"]);
-        hba.follows = vec!["web".into()];
-        let postgis_build = step("db/postgis/build", StepKind::Build, &["db/network"]);
+        let firewall = step(id("db", None, Firewall), vec![id("db", None, Docker)])
+            .follows(vec!["web".into()]);
+        let hba = step(
+            id("db", Some("postgis"), Config),
+            vec![id("db", None, Network)],
+        )
+        .follows(vec!["web".into()]);
+        let postgis_build = step(
+            id("db", Some("postgis"), Build),
+            vec![id("db", None, Network)],
+        );
         assert!(only_includes(Some("web"), &firewall));
         assert!(only_includes(Some("web"), &hba));
         assert!(!only_includes(Some("web"), &postgis_build));

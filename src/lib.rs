@@ -27,6 +27,7 @@ pub mod probe;
 pub mod reach;
 pub mod render;
 pub mod run;
+pub mod runtime;
 pub mod secrets;
 pub mod session;
 pub mod templates;

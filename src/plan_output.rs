@@ -4,17 +4,38 @@
 
 use std::fmt::Write;
 
-use crate::plan::{Action, Condition, Plan};
+use crate::plan::{self, Action, Condition, OnlyReason, Plan, Selection, Step, StepKind};
 
-pub fn text(plan: &Plan) -> String {
+/// The plan as text; with `only`, just what `--only HOST` would run: every
+/// step of HOST and, on the other hosts, the steps that rule takes, each
+/// saying why.
+pub fn text(plan: &Plan, only: Option<&str>) -> String {
     let mut out = String::new();
     let steps: usize = plan.hosts.iter().map(|h| h.steps.len()).sum();
-    let _ = writeln!(
-        out,
-        "Plan for project `{}`: {} hosts, {steps} steps",
-        plan.project,
-        plan.hosts.len()
-    );
+    let selection = only.map(|o| (o, selection(plan, o)));
+    match &selection {
+        None => {
+            let _ = writeln!(
+                out,
+                "Plan for project `{}`: {} hosts, {steps} steps",
+                plan.project,
+                plan.hosts.len()
+            );
+        }
+        Some((only, sel)) => {
+            let _ = writeln!(
+                out,
+                "Plan for project `{}` with --only {only}: {} hosts, {} of {steps} steps",
+                plan.project,
+                plan.hosts.len(),
+                sel.run.len()
+            );
+            let _ = writeln!(
+                out,
+                "Every step of {only}; on the other hosts only the steps that need {only} or write its address (and the readiness waits they need)."
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "Each step runs only when its condition holds on the host (checked in one probe per host)."
@@ -30,7 +51,20 @@ pub fn text(plan: &Plan) -> String {
                 let _ = writeln!(out, "    {}", crate::reach::describe(r));
             }
         }
+        let shown = |s: &&Step| {
+            selection
+                .as_ref()
+                .is_none_or(|(_, sel)| sel.run.contains(&s.id))
+        };
+        if !h.steps.iter().any(|s| shown(&s)) {
+            if let Some((only, _)) = &selection {
+                let _ = writeln!(out, "  nothing runs here under --only {only}");
+            }
+        }
         for (i, s) in h.steps.iter().enumerate() {
+            if !shown(&s) {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  {:>2}. {}{}",
@@ -39,21 +73,23 @@ pub fn text(plan: &Plan) -> String {
                 if s.upstream { "  [upstream image]" } else { "" }
             );
             let _ = writeln!(out, "      when: {}", condition(&s.when));
-            let foreign: Vec<&String> = s
+            if let Some((only, sel)) = &selection {
+                if h.host != *only {
+                    let _ = writeln!(
+                        out,
+                        "      runs under --only {only}: {}",
+                        why(plan, sel, only, s)
+                    );
+                }
+            }
+            let foreign: Vec<String> = s
                 .needs
                 .iter()
-                .filter(|n| !n.starts_with(&format!("{}/", h.host)))
+                .filter(|n| n.host != h.host)
+                .map(|n| n.to_string())
                 .collect();
             if !foreign.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "      after: {}",
-                    foreign
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                let _ = writeln!(out, "      after: {}", foreign.join(", "));
             }
             for a in &s.actions {
                 match a {
@@ -85,6 +121,36 @@ pub fn text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// What `--only HOST` runs, every condition taken as holding (as on a
+/// blank host): the executor's own rule, [`plan::select`].
+fn selection(plan: &Plan, only: &str) -> Selection {
+    let steps: Vec<&Step> = plan.hosts.iter().flat_map(|h| h.steps.iter()).collect();
+    plan::select(&steps, Some(only), |_| true)
+}
+
+/// Why a step of another host runs under `--only HOST`.
+fn why(plan: &Plan, sel: &Selection, only: &str, s: &Step) -> String {
+    match plan::only_reason(only, s) {
+        Some(OnlyReason::OnHost) => format!("it is on {only}"),
+        Some(OnlyReason::Follows) => format!("it writes {only}'s address"),
+        Some(OnlyReason::Needs(n)) => format!("it needs {n}"),
+        Some(OnlyReason::Waited) | None => {
+            let run = s.id.sibling(StepKind::Run);
+            let waiter = plan
+                .hosts
+                .iter()
+                .flat_map(|h| h.steps.iter())
+                .find(|d| d.needs.contains(&s.id) && sel.run.contains(&d.id))
+                .map(|d| d.id.clone());
+            match waiter {
+                Some(d) => format!("{d} runs and waits for it"),
+                None if sel.run.contains(&run) => format!("{run} runs"),
+                None => "a step that runs waits for it".into(),
+            }
+        }
+    }
 }
 
 fn condition(c: &Condition) -> String {
@@ -121,6 +187,20 @@ fn condition(c: &Condition) -> String {
     }
 }
 
-pub fn json(plan: &Plan) -> String {
+/// The plan as JSON; with `only`, just the steps `--only HOST` would run.
+pub fn json(plan: &Plan, only: Option<&str>) -> String {
+    let restricted;
+    let plan = match only {
+        None => plan,
+        Some(o) => {
+            let sel = selection(plan, o);
+            let mut p = plan.clone();
+            for h in &mut p.hosts {
+                h.steps.retain(|s| sel.run.contains(&s.id));
+            }
+            restricted = p;
+            &restricted
+        }
+    };
     serde_json::to_string_pretty(plan).expect("a plan serializes")
 }

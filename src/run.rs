@@ -13,7 +13,7 @@ use crate::executor::{self, HostReport};
 use crate::inventory::Inventory;
 use crate::load::Loaded;
 use crate::machines::{MachineSpec, MachineState, Playground};
-use crate::plan::Plan;
+use crate::plan::{Plan, StepKind};
 use crate::probe::HostState;
 use crate::session::{Notify, Session};
 use crate::transport::Transport;
@@ -174,7 +174,7 @@ pub async fn up_with(
                     r.failed
                         .iter()
                         .chain(&r.blocked)
-                        .map(|(w, why)| format!("{w}: {}", why.lines().next().unwrap_or("")))
+                        .map(|f| format!("{}: {}", f.summary, f.why.lines().next().unwrap_or("")))
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
@@ -217,11 +217,11 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
     let mut out = String::new();
     for r in reports {
         out.push_str(&format!("{:<10} {}\n", r.host, r.summary()));
-        for (what, why) in &r.failed {
-            out.push_str(&format!("  FAILED  {what}: {why}\n"));
+        for f in &r.failed {
+            out.push_str(&format!("  FAILED  {}: {}\n", f.summary, f.why));
         }
-        for (what, why) in &r.blocked {
-            out.push_str(&format!("  BLOCKED {what}: {why}\n"));
+        for f in &r.blocked {
+            out.push_str(&format!("  BLOCKED {}: {}\n", f.summary, f.why));
         }
         for note in &r.notes {
             out.push_str(&format!("  note    {note}\n"));
@@ -247,8 +247,9 @@ pub fn summary(reports: &[HostReport], inv: &Inventory) -> String {
                 r.host == h.name
                     && serving.is_some_and(|s| {
                         !r.skipped.iter().any(|(name, _)| name == &s.name)
-                            && !r.failed.iter().chain(&r.blocked).any(|(what, _)| {
-                                what.contains(&format!(" {}-{} ", inv.project.name, s.name))
+                            && !r.failed.iter().chain(&r.blocked).any(|f| {
+                                f.step.kind == StepKind::Run
+                                    && f.step.service.as_deref() == Some(s.name.as_str())
                             })
                     })
             });

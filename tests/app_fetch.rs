@@ -68,7 +68,7 @@ fn fetch_actions(plan: &Plan) -> Vec<Action> {
     let step = plan.hosts[0]
         .steps
         .iter()
-        .find(|s| s.kind == StepKind::Build)
+        .find(|s| s.kind() == StepKind::Build)
         .unwrap();
     step.actions
         .iter()

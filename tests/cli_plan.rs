@@ -130,6 +130,99 @@ fn json_plan_has_the_same_steps_and_no_secret() {
         .any(|n| n == "db/postgis/ready"));
 }
 
+/// The step ids of each host in a JSON plan.
+fn step_ids(plan: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    plan["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let ids = h["steps"].as_array().unwrap().iter();
+            (
+                h["host"].as_str().unwrap().to_string(),
+                ids.map(|s| s["id"].as_str().unwrap().to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn dry_run_only_db_shows_what_such_a_run_does() {
+    let dir = project(&shipped());
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = provision(dir.path(), args);
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = step_ids(&json(&["--hosts", "hosts.toml", "--dry-run", "--json"]));
+    let only = step_ids(&json(&[
+        "--hosts",
+        "hosts.toml",
+        "--dry-run",
+        "--json",
+        "--only",
+        "db",
+    ]));
+    let of = |ids: &[(String, Vec<String>)], host: &str| {
+        ids.iter().find(|(h, _)| h == host).unwrap().1.clone()
+    };
+    // Every step of db, in plan order.
+    assert_eq!(of(&only, "db"), of(&all, "db"));
+    // On web: the Rails container, whose DATABASE_URL comes from db, and
+    // the readiness waits around it; no build, no other container.
+    assert_eq!(
+        of(&only, "web"),
+        ["web/redis/ready", "web/rails/run", "web/rails/ready"],
+        "{only:?}"
+    );
+
+    let out = provision(
+        dir.path(),
+        &["--hosts", "hosts.toml", "--dry-run", "--only", "db"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("Plan for project `playground` with --only db: 2 hosts, 11 of 29 steps\n"),
+        "{text}"
+    );
+    let (web, db) = text.split_once("\nhost db (").unwrap();
+    // Each step of web says why it runs under --only db.
+    assert!(
+        web.contains("  19. run container playground-rails (spec ")
+            && web.contains("      runs under --only db: it needs db/postgis/ready\n"),
+        "{web}"
+    );
+    assert!(
+        web.contains("  14. wait until redis is ready\n      when: always\n      runs under --only db: web/rails/run runs and waits for it\n"),
+        "{web}"
+    );
+    assert!(
+        web.contains("runs under --only db: web/rails/run runs\n"),
+        "{web}"
+    );
+    assert_eq!(web.matches("runs under --only db").count(), 3, "{web}");
+    assert!(!web.contains("build image") && !web.contains("install and start Docker"));
+    assert!(!db.contains("runs under --only"), "{db}");
+    for step in [
+        "install and start Docker",
+        "firewall: port 5432",
+        "build image playground-postgis",
+        "install pg_hba.conf",
+        "run container playground-postgis",
+        "wait until postgis is ready",
+    ] {
+        assert!(db.contains(step), "{step}: {db}");
+    }
+
+    let out = provision(
+        dir.path(),
+        &["--hosts", "hosts.toml", "--dry-run", "--only", "dbx"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--only dbx: no such host"));
+}
+
 #[test]
 fn bad_input_exits_2_with_location_and_opens_no_connection() {
     // A host that would accept an SSH connection, if one were ever tried.

@@ -356,7 +356,7 @@ fn env_values_template_vars_and_paths_arrive_byte_for_byte_through_the_planner()
                                 let got = std::fs::read(format!("{target}/{}", f.path)).unwrap();
                                 prop_assert_eq!(&got, &f.data, "{}", f.path);
                             }
-                            if step.kind == StepKind::Run {
+                            if step.kind() == StepKind::Run {
                                 seen_env = true;
                                 let got = std::fs::read(format!("{target}/env")).unwrap();
                                 let read = docker_env_file(&got);

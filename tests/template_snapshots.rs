@@ -28,9 +28,9 @@ fn every_rendered_template_file() {
         .hosts
         .iter()
         .flat_map(|h| &h.steps)
-        .filter(|s| s.kind == StepKind::Build || s.kind == StepKind::Config)
+        .filter(|s| s.kind() == StepKind::Build || s.kind() == StepKind::Config)
     {
-        let service = step.service.as_deref().unwrap();
+        let service = step.service().unwrap();
         // Live files (pg_hba.conf) are uploaded by their own step.
         let Action::Upload { files, .. } = &step.actions[0] else {
             panic!("builds and live files start with an upload")

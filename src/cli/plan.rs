@@ -6,7 +6,7 @@ use crate::plan::{self, Plan};
 use crate::plan_output;
 use crate::secrets::Generate;
 
-use super::{bad_input, keep_state_private, Cli, EXIT_OK};
+use super::{bad_input, keep_state_private, Cli, EXIT_BAD_INPUT, EXIT_OK};
 
 pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     let loaded = match load::load(&cli.hosts, env, Generate::Placeholder) {
@@ -17,12 +17,20 @@ pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String
     if let Err(code) = keep_state_private(&loaded.inventory, false) {
         return code;
     }
+    let only = cli.only.as_deref();
+    if let Some(only) = only.filter(|o| loaded.inventory.host(o).is_none()) {
+        eprintln!(
+            "error: --only {only}: no such host in {}",
+            cli.hosts.display()
+        );
+        return EXIT_BAD_INPUT;
+    }
     match build_plan(&loaded) {
         Ok(plan) => {
             let out = if json {
-                plan_output::json(&plan)
+                plan_output::json(&plan, only)
             } else {
-                plan_output::text(&plan)
+                plan_output::text(&plan, only)
             };
             // Belt and braces: nothing printed may hold a secret value.
             print!("{}", loaded.secrets.mask(&out));

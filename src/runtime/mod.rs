@@ -1,0 +1,127 @@
+//! How services run on their hosts: the seam between planning and the
+//! steps of one way of running containers.
+//!
+//! The planner ([`crate::plan`]) decides, for every runtime alike, what
+//! should run: each host's volumes and data containers ([`HostWork`]) and
+//! each service's image context, environment, secrets, live files, mounts,
+//! published ports, log target and what it waits for ([`ServiceWork`]). A
+//! [`Runtime`] turns that into steps: the commands, the conditions the
+//! probe checks, and the ids (host, service, kind) others wait on. Today's
+//! runtime is [`Engine`]: one Docker engine per host, one container per
+//! service. A Swarm runtime goes beside it and implements the same two
+//! methods; templates, wiring and secrets stay as they are.
+
+pub mod engine;
+
+use crate::commands::SecretRef;
+use crate::inventory::{Publish, VolumeMount};
+use crate::plan::{Step, StepId};
+use crate::templates::ContextFile;
+
+pub use engine::Engine;
+
+/// What a host holds for its services, whatever runs them.
+#[derive(Debug, Clone)]
+pub struct HostWork<'a> {
+    pub project: &'a str,
+    pub host: &'a crate::inventory::Host,
+    /// Whether any service or data container is placed on it (a host with
+    /// none gets only its engine).
+    pub has_work: bool,
+    /// Each named volume once, with what a person reads about it.
+    pub volumes: Vec<(String, String)>,
+    /// Data containers: name and the paths they hold.
+    pub data: Vec<(String, Vec<String>)>,
+}
+
+/// A service as the planner describes it: everything decided, nothing said
+/// about how it is started.
+#[derive(Debug, Clone)]
+pub struct ServiceWork {
+    pub project: String,
+    /// The project's folder on the host (`/var/lib/provision/PROJECT`).
+    pub root: String,
+    pub host: String,
+    pub name: String,
+    /// The image's build context (template files and the app), in path
+    /// order, and its hash.
+    pub context: Vec<ContextFile>,
+    pub context_hash: String,
+    /// Images the Dockerfile starts `FROM`.
+    pub bases: Vec<String>,
+    /// The app tarball the host fetches into the context: its URL and the
+    /// token's value, if one is needed.
+    pub fetch: Option<(String, Option<String>)>,
+    /// Built from an upstream registry image.
+    pub upstream: bool,
+    /// `KEY=value` lines of its environment, with real values and as shown
+    /// (secrets masked).
+    pub env_real: String,
+    pub env_shown: String,
+    /// Its secrets (never their values) and those it takes as 0600 files.
+    pub secrets: Vec<SecretRef>,
+    pub secret_files: Vec<ContextFile>,
+    /// Files installed beside it and reloaded on a change.
+    pub live: Option<Live>,
+    pub publish: Vec<Publish>,
+    /// The host address published ports bind to.
+    pub bind_address: Option<String>,
+    pub volumes: Vec<VolumeMount>,
+    /// Data containers whose volumes it mounts.
+    pub volumes_from: Vec<String>,
+    /// `HOST:PORT` of the Fluentd its logs go to.
+    pub logs_to: Option<String>,
+    /// The readiness command run in it, and whether any service waits for
+    /// it (then it gets a Ready step others need).
+    pub ready: Vec<String>,
+    pub waited_for: bool,
+    /// Steps of other services and hosts that must have succeeded before
+    /// it starts (the wiring: providers started, their hosts admitting
+    /// this one).
+    pub after: Vec<StepId>,
+    /// It publishes a port only some hosts may reach: it starts after its
+    /// host's firewall step.
+    pub behind_firewall: bool,
+}
+
+/// Live files: installed on the host, mounted read-only at `mount`,
+/// reloaded with `reload_signal`.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub files: Vec<ContextFile>,
+    pub mount: String,
+    pub reload_signal: String,
+    /// Other hosts whose addresses the files hold (`--only` follows them).
+    pub follows: Vec<String>,
+}
+
+/// One way of running services on hosts.
+///
+/// The ids of its steps are the contract with the planner and the
+/// executor: a host's own steps are `StepId::host(h, Docker | Network)` and
+/// `StepId::named(h, Volume | DataContainer, name)`; a service's are
+/// `StepId::service(h, s, Build | Config | Run | Ready)`, with a Ready step
+/// exactly when [`ServiceWork::waited_for`] and a readiness command exist.
+pub trait Runtime {
+    /// What prepares a host for its services, in order.
+    fn host_steps(&self, host: &HostWork) -> Vec<Step>;
+
+    /// The steps of one service: those that prepare it (they need nothing
+    /// of other hosts) and those that start it, in order.
+    fn service_steps(&self, service: &ServiceWork) -> (Vec<Step>, Vec<Step>);
+}
+
+/// The Ready step of `s` if it has one, else its Run step: what a service
+/// that depends on `s` waits for.
+pub fn started(host: &str, service: &str, has_ready: bool) -> StepId {
+    use crate::plan::StepKind;
+    StepId::service(
+        host,
+        service,
+        if has_ready {
+            StepKind::Ready
+        } else {
+            StepKind::Run
+        },
+    )
+}
