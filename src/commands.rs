@@ -421,6 +421,26 @@ pub fn start_container(name: &str) -> Vec<String> {
     argv(["docker", "start", name])
 }
 
+/// A container's state in one line: `STATUS RESTARTCOUNT EXITCODE`
+/// (`running 0 0`, `restarting 3 1`), read between readiness polls.
+pub fn container_state(name: &str) -> Vec<String> {
+    argv([
+        "docker",
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}",
+        name,
+    ])
+}
+
+/// The last `lines` lines a container wrote (stdout and stderr).
+pub fn container_log_tail(name: &str, lines: u32) -> Vec<String> {
+    let mut a = argv(["docker", "logs", "--tail"]);
+    a.push(lines.to_string());
+    a.push(name.to_string());
+    a
+}
+
 /// The readiness probe of a template, run inside the container.
 pub fn exec_in(container: &str, probe: &[String]) -> Vec<String> {
     let mut a = argv(["docker", "exec", container]);
@@ -813,6 +833,18 @@ pub fn audit_append(project: &str, line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn container_state_and_log_tail_are_one_line_each() {
+        assert_eq!(
+            shell(&container_state("p-rails")),
+            "docker inspect --format '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}' p-rails"
+        );
+        assert_eq!(
+            shell(&container_log_tail("p-rails", 20)),
+            "docker logs --tail 20 p-rails"
+        );
+    }
+
     use super::*;
 
     fn spec() -> RunSpec {

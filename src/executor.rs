@@ -689,8 +689,12 @@ impl HostRun {
                     self.exec(t, &commands::untar_into(dir), Some(tar), deadline)
                         .await?
                 }
-                Action::WaitReady { line, timeout_secs } => {
-                    self.wait_ready(t, line, Duration::from_secs(*timeout_secs))
+                Action::WaitReady {
+                    line,
+                    timeout_secs,
+                    container,
+                } => {
+                    self.wait_ready(t, line, container, Duration::from_secs(*timeout_secs))
                         .await?
                 }
             }
@@ -735,14 +739,17 @@ impl HostRun {
         }
     }
 
-    /// Poll until the probe succeeds or the deadline passes.
+    /// Poll until the probe succeeds or the deadline passes; between
+    /// polls, fail at once when `container` exited or restarted.
     async fn wait_ready(
         &self,
         t: &dyn Transport,
         line: &str,
+        container: &str,
         limit: Duration,
     ) -> Result<(), String> {
         let deadline = Instant::now() + limit;
+        let mut first: Option<ContainerState> = None;
         loop {
             let last = match t
                 .exec(
@@ -757,6 +764,14 @@ impl HostRun {
                 Err(e @ TransportError::Timeout { .. }) => e.to_string(),
                 Err(e) => return Err(e.to_string()),
             };
+            if !container.is_empty() {
+                if let Some(now) = self.container_state(t, container).await {
+                    let since = first.get_or_insert(now.clone());
+                    if now.died_since(since) {
+                        return Err(self.death(t, container, &now).await);
+                    }
+                }
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "not ready after {} s{}",
@@ -770,6 +785,41 @@ impl HostRun {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The container's state, or None when docker cannot say (no such
+    /// container yet, an answer not understood).
+    async fn container_state(&self, t: &dyn Transport, container: &str) -> Option<ContainerState> {
+        let out = t
+            .exec(
+                Exec::new(commands::shell(&commands::container_state(container)))
+                    .timeout(Duration::from_secs(30))
+                    .idempotent(true),
+            )
+            .await
+            .ok()?;
+        if !out.success() {
+            return None;
+        }
+        ContainerState::parse(&out.stdout_str())
+    }
+
+    /// Why a wait failed: the container's exit code, its restarts and its
+    /// own last words (masked by the event hub like every error).
+    async fn death(&self, t: &dyn Transport, container: &str, state: &ContainerState) -> String {
+        let logs = t
+            .exec(
+                Exec::new(commands::shell(&commands::container_log_tail(
+                    container,
+                    LOG_TAIL_LINES,
+                )))
+                .timeout(Duration::from_secs(30))
+                .idempotent(true),
+            )
+            .await
+            .map(|o| format!("{}{}", o.stdout_str(), o.stderr_str()))
+            .unwrap_or_else(|e| format!("(docker logs failed: {e})"));
+        death_message(container, state, &logs)
     }
 
     /// [`crate::images::ensure`] for an image the probe found missing,
@@ -799,6 +849,59 @@ impl HostRun {
         crate::images::ensure(t, image, &source, &mut say)
             .await
             .map(drop)
+    }
+}
+
+/// How many of a dead container's last log lines a failed wait shows.
+const LOG_TAIL_LINES: u32 = 20;
+
+/// A container's state as `docker inspect` reports it
+/// ([`commands::container_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContainerState {
+    status: String,
+    restarts: u64,
+    exit_code: i64,
+}
+
+impl ContainerState {
+    /// `STATUS RESTARTCOUNT EXITCODE`, e.g. `restarting 3 1`.
+    fn parse(text: &str) -> Option<ContainerState> {
+        let mut words = text.split_whitespace();
+        let state = ContainerState {
+            status: words.next()?.to_string(),
+            restarts: words.next()?.parse().ok()?,
+            exit_code: words.next()?.parse().ok()?,
+        };
+        words.next().is_none().then_some(state)
+    }
+
+    /// It exited, is dead or restarting, or restarted since `first` was
+    /// seen (a crash loop seen while it briefly runs).
+    fn died_since(&self, first: &ContainerState) -> bool {
+        matches!(self.status.as_str(), "restarting" | "exited" | "dead")
+            || self.restarts > first.restarts
+    }
+}
+
+fn death_message(container: &str, state: &ContainerState, logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES as usize)..];
+    let times = if state.restarts == 1 { "time" } else { "times" };
+    let head = format!(
+        "container {container} exited with code {} (restarted {} {times})",
+        state.exit_code, state.restarts
+    );
+    if tail.is_empty() {
+        format!("{head}; it logged nothing")
+    } else {
+        format!(
+            "{head}; its last log lines:\n    {}",
+            tail.iter()
+                .map(|l| without_colours(l))
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        )
     }
 }
 
@@ -891,6 +994,58 @@ pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::plan::Condition;
+
+    #[test]
+    fn a_container_state_is_read_from_one_line() {
+        assert_eq!(
+            ContainerState::parse("restarting 3 1\n"),
+            Some(ContainerState {
+                status: "restarting".into(),
+                restarts: 3,
+                exit_code: 1
+            })
+        );
+        assert_eq!(ContainerState::parse("running"), None);
+        assert_eq!(ContainerState::parse("running x 0"), None);
+        assert_eq!(ContainerState::parse("running 0 0 extra"), None);
+    }
+
+    #[test]
+    fn a_wait_fails_when_the_container_exits_or_restarts() {
+        let st = |s: &str| ContainerState::parse(s).unwrap();
+        let first = st("running 2 0");
+        assert!(!st("running 2 0").died_since(&first));
+        assert!(!st("created 0 0").died_since(&st("created 0 0")));
+        assert!(st("running 3 1").died_since(&first), "restarted meanwhile");
+        assert!(st("restarting 2 1").died_since(&first));
+        assert!(st("exited 2 1").died_since(&first));
+        assert!(st("dead 2 137").died_since(&first));
+    }
+
+    #[test]
+    fn a_dead_container_shows_its_exit_code_and_last_lines() {
+        let logs: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let state = ContainerState::parse("restarting 4 1").unwrap();
+        let m = death_message(
+            "p-rails",
+            &state,
+            &format!("{logs}SECRET_KEY_BASE: is not set\n"),
+        );
+        assert!(m.starts_with(
+            "container p-rails exited with code 1 (restarted 4 times); its last log lines:\n    "
+        ));
+        assert!(
+            m.ends_with("line 30\n    SECRET_KEY_BASE: is not set"),
+            "{m}"
+        );
+        assert!(!m.contains("line 11\n"), "only the last 20 lines: {m}");
+        assert!(m.contains("line 12\n"), "{m}");
+        let quiet = death_message("p-x", &ContainerState::parse("exited 0 2").unwrap(), "");
+        assert_eq!(
+            quiet,
+            "container p-x exited with code 2 (restarted 0 times); it logged nothing"
+        );
+    }
 
     #[test]
     fn a_build_failure_shows_the_cause_its_run_printed() {

@@ -110,7 +110,9 @@ pub fn text(plan: &Plan, only: Option<&str>) -> String {
                             let _ = writeln!(out, "      upload {dir} ({shown})");
                         }
                     }
-                    Action::WaitReady { line, timeout_secs } => {
+                    Action::WaitReady {
+                        line, timeout_secs, ..
+                    } => {
                         let _ = writeln!(
                             out,
                             "      poll until it succeeds (deadline {timeout_secs} s): $ {line}"

@@ -208,8 +208,14 @@ pub enum Action {
         /// What a person sees: a summary, or the file with secrets masked.
         shown: String,
     },
-    /// Run `line` until it succeeds or `timeout_secs` pass.
-    WaitReady { line: String, timeout_secs: u64 },
+    /// Run `line` until it succeeds or `timeout_secs` pass; fail at once
+    /// when `container` exits or restarts meanwhile.
+    WaitReady {
+        line: String,
+        timeout_secs: u64,
+        #[serde(skip)]
+        container: String,
+    },
     /// Fetch the app tarball on the host with a curl config file (0600)
     /// that carries the token, so it is never in argv.
     Fetch { line: String },

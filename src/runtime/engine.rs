@@ -110,6 +110,7 @@ impl Runtime for Engine {
                 .action(Action::WaitReady {
                     line: shell(&commands::exec_in(&container, &s.ready)),
                     timeout_secs: READY_TIMEOUT_SECS,
+                    container: container.clone(),
                 })
                 .upstream(s.upstream),
             );
