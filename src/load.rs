@@ -113,6 +113,28 @@ pub fn load(
                 ));
             }
         }
+        // A secret the template needs ([needs] secrets), or the container
+        // would only fail once it starts.
+        let missing: Vec<&String> = t
+            .manifest
+            .needs
+            .secrets
+            .iter()
+            .filter(|n| !s.secrets.contains(n) && !t.manifest.secret_files.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|n| format!("`{n}`")).collect();
+            problems.push(inv.diagnostic(
+                &base,
+                format!(
+                    "template `{}` needs the secret{} {}, which the service does not get",
+                    t.name,
+                    if missing.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                ),
+                Some(needed_secrets_hint(&inv, s, &base, &missing)),
+            ));
+        }
         // A service used from another host is reached on a published port
         // that maps to the port its template listens on.
         if let Some(port) = t.manifest.port {
@@ -211,4 +233,29 @@ pub fn load(
         vars,
         secrets: secrets.unwrap_or_default(),
     })
+}
+
+/// The exact lines to add for secrets a service must get: its `secrets`
+/// line with them, and a `[secrets.NAME]` table for each one not declared.
+fn needed_secrets_hint(
+    inv: &Inventory,
+    s: &inventory::Service,
+    base: &str,
+    missing: &[&String],
+) -> String {
+    let list: Vec<String> = s
+        .secrets
+        .iter()
+        .chain(missing.iter().copied())
+        .map(|n| format!("\"{n}\""))
+        .collect();
+    let mut hint = format!("in [{base}]:\n          secrets = [{}]", list.join(", "));
+    for n in missing {
+        if !inv.secrets.iter().any(|d| &&d.name == n) {
+            hint.push_str(&format!(
+                "\n        and declare it (or set {n} in the environment):\n          [secrets.{n}]\n          generate = true"
+            ));
+        }
+    }
+    hint
 }

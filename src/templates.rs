@@ -54,6 +54,20 @@ pub struct Manifest {
     /// client hosts) is applied with a reload, never with a new container.
     #[serde(default)]
     pub live: Option<Live>,
+    /// What a service placed from this template must be given (`[needs]`):
+    /// without it the container would only fail once it starts.
+    #[serde(default)]
+    pub needs: Needs,
+}
+
+/// See [`Manifest::needs`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    /// Secrets the service must list in its `secrets` (as environment or,
+    /// when in `secret_files`, as files).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// Where a secret file is mounted in the container.
@@ -793,6 +807,13 @@ mod tests {
     /// `text`, its default passes it, and a shell script only takes values
     /// through `| shell` (the names of services and hosts are checked by
     /// the inventory and may appear bare, in comments).
+    #[test]
+    fn rails_needs_its_secret_key_base() {
+        let t = builtin("rails").unwrap();
+        assert_eq!(t.manifest.needs.secrets, ["SECRET_KEY_BASE"]);
+        assert_eq!(builtin("redis").unwrap().manifest.needs, Needs::default());
+    }
+
     #[test]
     fn builtin_templates_check_and_quote_their_variables() {
         for name in builtin_names() {

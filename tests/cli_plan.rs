@@ -254,6 +254,45 @@ fn bad_input_exits_2_with_location_and_opens_no_connection() {
 }
 
 #[test]
+fn a_rails_service_without_its_secret_is_refused_before_any_host_is_touched() {
+    // Tried as a new user would (issue 12): rails placed without
+    // SECRET_KEY_BASE built for minutes, then crash-looped.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let toml = format!(
+        "[hosts.web]\naddress = \"127.0.0.1\"\nport = {port}\n\n[services.rails]\nhost = \"web\"\ntemplate = \"rails\"\n"
+    );
+    let dir = project(&toml);
+    for args in [
+        vec!["--hosts", "hosts.toml"],
+        vec!["--hosts", "hosts.toml", "--dry-run"],
+    ] {
+        let out = provision(dir.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("hosts.toml:5:1: services.rails: template `rails` needs the secret `SECRET_KEY_BASE`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("in [services.rails]:\n          secrets = [\"SECRET_KEY_BASE\"]\n"),
+            "the line to add: {err}"
+        );
+        assert!(
+            err.contains("[secrets.SECRET_KEY_BASE]\n          generate = true"),
+            "the table to add: {err}"
+        );
+        assert!(err.contains("nothing was run on any host"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert!(
+        listener.accept().is_err(),
+        "provision connected to a host despite bad input"
+    );
+}
+
+#[test]
 fn a_missing_secret_is_an_error_naming_where_it_is_needed() {
     let toml = shipped().replace("[secrets.PG_PASSWORD]\ngenerate = true\n", "");
     let dir = project(&toml);
