@@ -933,6 +933,9 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
     } else {
         stderr
     };
+    // BuildKit prints everything on stderr and ends with the Dockerfile
+    // excerpt: the failed RUN's own last lines are in its `------` block.
+    tail.extend(buildkit_failed_step(stderr));
     let rest: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     tail.extend(&rest[rest.len().saturating_sub(5)..]);
     let tail = tail
@@ -951,6 +954,28 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
             format!(":\n    {tail}")
         }
     )
+}
+
+/// The last lines of the step BuildKit says failed: its block
+/// `------` / ` > [2/3] RUN ...:` / the step's output / `------`
+/// (at most the block's last 10 lines, the header included).
+fn buildkit_failed_step(stderr: &str) -> Vec<&str> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let Some(start) = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("> [") && l.trim_end().ends_with(':'))
+    else {
+        return Vec::new();
+    };
+    let body: Vec<&str> = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim() != "------")
+        .copied()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let mut out = vec![lines[start].trim()];
+    out.extend(&body[body.len().saturating_sub(9)..]);
+    out
 }
 
 /// `l` without terminal colour codes (`ESC [ 91 m`: docker build colours
@@ -1045,6 +1070,19 @@ mod tests {
             quiet,
             "container p-x exited with code 2 (restarted 0 times); it logged nothing"
         );
+    }
+
+    #[test]
+    fn a_buildkit_failure_shows_the_failed_steps_own_lines() {
+        let stderr = "#5 [2/2] RUN ./setup\n#5 0.2 step 1\n#5 0.3 SECRET_KEY_BASE: is not set\n#5 ERROR: process \"/bin/sh -c ./setup\" did not complete successfully: exit code: 3\n------\n > [2/2] RUN ./setup:\n0.2 step 1\n0.3 SECRET_KEY_BASE: is not set\n------\nDockerfile:2\n--------------------\n   1 |     FROM debian:bookworm\n   2 | >>> RUN ./setup\n   3 |     CMD [\"sleep\", \"infinity\"]\n--------------------\nERROR: failed to solve: process \"/bin/sh -c ./setup\" did not complete successfully: exit code: 3\n";
+        let f = failure("docker build .", stderr, "", Some(1));
+        assert!(
+            f.contains(":\n    > [2/2] RUN ./setup:\n    0.2 step 1\n    0.3 SECRET_KEY_BASE: is not set\n"),
+            "{f}"
+        );
+        assert!(f.ends_with("exit code: 3"), "{f}");
+        // Without such a block nothing is added.
+        assert!(buildkit_failed_step("E: no space\n").is_empty());
     }
 
     #[test]
