@@ -123,6 +123,7 @@ pub enum Command {
         after_help = "Example:\n  provision exec rails -- bin/rails runner 'puts Visit.count'"
     )]
     Exec {
+        /// The service, as hosts.toml names it.
         service: String,
         /// Stream this terminal's stdin to the command.
         #[arg(short, long)]
