@@ -89,7 +89,8 @@ pub(super) async fn logs(inv: &Inventory, names: &[String], opts: LogsOptions) -
         {
             Ok(t) => t.clone(),
             Err(e) => {
-                eprintln!("{}/{}: host unreachable: {e}", s.host, s.name);
+                // The message names the host already.
+                eprintln!("{}: {e}", s.name);
                 code = EXIT_FAILED;
                 continue;
             }
@@ -168,7 +169,8 @@ pub(super) async fn exec(
     let transport = match opened.into_iter().next().map(|o| o.transport) {
         Some(Ok(t)) => t,
         Some(Err(e)) => {
-            eprintln!("error: {}: host unreachable: {e}", s.host);
+            // The message names the host already.
+            eprintln!("error: {}: {e}", s.name);
             return EXIT_FAILED;
         }
         None => return EXIT_FAILED,
@@ -229,4 +231,60 @@ fn stdin_stream() -> tokio::io::DuplexStream {
         let _ = futures::executor::block_on(writer.shutdown());
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory() -> Inventory {
+        let toml = r#"
+[project]
+name = "pv"
+
+[hosts.web]
+address = "10.0.0.10"
+
+[hosts.db]
+address = "10.0.0.11"
+
+[services.postgis]
+host = "db"
+template = "postgis"
+
+[services.rails]
+host = "web"
+template = "rails"
+"#;
+        crate::inventory::parse(std::path::Path::new("hosts.toml"), toml)
+            .expect("a valid inventory")
+    }
+
+    fn names(picked: &[&Service]) -> Vec<String> {
+        picked
+            .iter()
+            .map(|s| format!("{}/{}", s.host, s.name))
+            .collect()
+    }
+
+    #[test]
+    fn no_name_picks_every_service_and_names_keep_their_order_once() {
+        let inv = inventory();
+        assert_eq!(
+            names(&pick(&inv, &[]).unwrap()),
+            ["db/postgis", "web/rails"]
+        );
+        let asked = ["rails".to_string(), "postgis".into(), "rails".into()];
+        assert_eq!(
+            names(&pick(&inv, &asked).unwrap()),
+            ["web/rails", "db/postgis"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_service_is_an_input_error() {
+        let inv = inventory();
+        let asked = ["rails".to_string(), "nosuch".into()];
+        assert_eq!(pick(&inv, &asked).err(), Some(EXIT_BAD_INPUT));
+    }
 }
