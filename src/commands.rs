@@ -448,6 +448,52 @@ pub fn exec_in(container: &str, probe: &[String]) -> Vec<String> {
     a
 }
 
+/// What `provision logs` asks of a container's logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogsOptions {
+    /// Keep streaming new lines (`docker logs --follow`).
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+    /// Only lines newer than this (`10m`, `2h`, an RFC 3339 time).
+    pub since: Option<String>,
+}
+
+/// `docker logs` of one container: its stdout on stdout, its stderr on
+/// stderr. With the fluentd log driver this still works on Docker >= 20.10
+/// (dual logging keeps a local copy).
+pub fn logs(container: &str, opts: &LogsOptions) -> Vec<String> {
+    let mut a = argv(["docker", "logs"]);
+    if opts.follow {
+        a.push("--follow".into());
+    }
+    if let Some(n) = opts.tail {
+        a.extend(["--tail".to_string(), n.to_string()]);
+    }
+    if let Some(since) = &opts.since {
+        a.extend(["--since".to_string(), since.clone()]);
+    }
+    // `--` ends the options: a container name can never be read as one.
+    a.extend(["--".to_string(), container.to_string()]);
+    a
+}
+
+/// `docker exec` of a command in a service's container: `-i` keeps its
+/// stdin open, `-t` gives it a terminal. Each word of `cmd` stays one
+/// argument, quoted once by [`shell`].
+pub fn exec(container: &str, interactive: bool, tty: bool, cmd: &[String]) -> Vec<String> {
+    let mut a = argv(["docker", "exec"]);
+    if interactive {
+        a.push("--interactive".into());
+    }
+    if tty {
+        a.push("--tty".into());
+    }
+    a.push(container.to_string());
+    a.extend(cmd.iter().cloned());
+    a
+}
+
 /// One live file to install: its name and whether its lines carry
 /// [`crate::templates::NETWORK_GATEWAY_TOKEN`].
 pub struct LiveFile<'a> {
@@ -1221,6 +1267,56 @@ mod tests {
         assert_eq!(
             audit_append("pg", "me\tprovision up\nx\tok"),
             "mkdir -p /var/lib/provision/pg && printf '%s\\t%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" 'me\tprovision up x\tok' >> /var/lib/provision/pg/audit.log"
+        );
+    }
+
+    #[test]
+    fn logs_argv_carries_each_option_and_ends_options_before_the_container() {
+        assert_eq!(
+            shell(&logs("pv-rails", &LogsOptions::default())),
+            "docker logs -- pv-rails"
+        );
+        let opts = LogsOptions {
+            follow: true,
+            tail: Some(20),
+            since: Some("10m; rm -rf /".into()),
+        };
+        assert_eq!(
+            shell(&logs("pv-rails", &opts)),
+            "docker logs --follow --tail 20 --since '10m; rm -rf /' -- pv-rails"
+        );
+    }
+
+    #[test]
+    fn exec_argv_quotes_a_hostile_argument_once_byte_for_byte() {
+        let hostile = "it's \"$(id)\" `id` $HOME a  b\nline2\t\\ *";
+        let cmd = argv(["printf", "%s", hostile]);
+        let line = shell(&exec("pv-rails", false, false, &cmd));
+        // The shell reads back exactly the words given: nothing expanded,
+        // nothing split, nothing quoted twice.
+        let words = shlex::split(&line).expect("one valid shell line");
+        assert_eq!(words[..4], ["docker", "exec", "pv-rails", "printf"]);
+        assert_eq!(words[4], "%s");
+        assert_eq!(words[5], hostile);
+        assert_eq!(words.len(), 6);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(shell(&cmd))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, hostile.as_bytes());
+    }
+
+    #[test]
+    fn exec_argv_flags_come_before_the_container() {
+        let cmd = argv(["sh", "-c", "exit 7"]);
+        assert_eq!(
+            shell(&exec("pv-rails", true, false, &cmd)),
+            "docker exec --interactive pv-rails sh -c 'exit 7'"
+        );
+        assert_eq!(
+            shell(&exec("pv-rails", true, true, &argv(["bash"]))),
+            "docker exec --interactive --tty pv-rails bash"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Command line: parse arguments, run the verb, return an exit code. One
-//! file per verb family (`plan`, `up`, `machines`, `status`, `volumes`),
+//! file per verb family (`plan`, `up`, `machines`, `status`, `volumes`,
+//! `ops`),
 //! each over the session layer ([`crate::session`]) when it touches hosts.
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::session::LockPolicy;
 
 mod exit;
 mod machines;
+mod ops;
 mod plan;
 mod status;
 mod up;
@@ -97,6 +99,43 @@ pub enum Command {
     },
     /// Show each machine and service.
     Status,
+    /// A service's container logs, from whichever host runs it; with no
+    /// service, every service's, merged, each line prefixed `host/service | `.
+    #[command(
+        after_help = "Example:\n  provision logs rails -f --tail 100\n  provision logs --since 10m"
+    )]
+    Logs {
+        /// Services (default: all of them).
+        services: Vec<String>,
+        /// Keep streaming new lines until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each service.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+        /// Only lines newer than this: 10m, 2h, or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// Run a command in a service's container on its host; the command's
+    /// exit code is provision's, its arguments arrive byte for byte.
+    #[command(
+        after_help = "Example:\n  provision exec rails -- bin/rails runner 'puts Visit.count'"
+    )]
+    Exec {
+        /// The service, as hosts.toml names it.
+        service: String,
+        /// Stream this terminal's stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (not supported yet: the SSH
+        /// transport opens no PTY).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Stream a tar of a host's volumes (or one volume) to a local file, with
     /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
     /// Containers using them are stopped for the copy and always started again.
@@ -147,6 +186,33 @@ pub fn run() -> i32 {
         }
         Some(Command::Status) => {
             with_inventory(&cli, |inv| async move { status::status(&inv).await })
+        }
+        Some(Command::Logs {
+            services,
+            follow,
+            tail,
+            since,
+        }) => {
+            let opts = crate::commands::LogsOptions {
+                follow: *follow,
+                tail: *tail,
+                since: since.clone(),
+            };
+            with_inventory(
+                &cli,
+                |inv| async move { ops::logs(&inv, services, opts).await },
+            )
+        }
+        Some(Command::Exec {
+            service,
+            interactive,
+            tty,
+            command,
+        }) => {
+            let (interactive, tty) = (*interactive, *tty);
+            with_inventory(&cli, |inv| async move {
+                ops::exec(&inv, service, interactive, tty, command).await
+            })
         }
         Some(Command::Backup {
             target,
