@@ -441,3 +441,44 @@ fn a_data_path_nothing_mounts_gets_a_named_volume_and_the_plan_says_so() {
     assert!(plan.contains("--volume redis-data:/data"), "{plan}");
     assert!(!plan.contains("redis-data-auto"), "{plan}");
 }
+
+#[test]
+fn every_verb_help_ends_with_an_example_and_completions_cover_three_shells() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for verb in [
+        "up",
+        "plan",
+        "down",
+        "status",
+        "logs",
+        "exec",
+        "backup",
+        "restore",
+        "migrate",
+        "completions",
+    ] {
+        let help = run(&[verb, "--help"]);
+        let tail = help.trim_end().rsplit("Example:").next().unwrap();
+        assert!(
+            help.contains("\nExample:\n") && tail.contains("provision "),
+            "`provision {verb} --help` ends with an example:\n{help}"
+        );
+    }
+    assert!(run(&["--help"]).contains("\nExample:\n"));
+    for (shell, marker) in [
+        ("bash", "_provision()"),
+        ("zsh", "#compdef provision"),
+        ("fish", "complete -c provision"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}:\n{script}");
+        assert!(
+            script.contains("backup") && script.contains("--dry-run"),
+            "{shell}"
+        );
+    }
+}

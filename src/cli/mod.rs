@@ -28,7 +28,8 @@ pub use plan::build_plan;
 #[command(
     name = "provision",
     version,
-    about = "Provision the Rails on Docker stack on one or two hosts over SSH"
+    about = "Provision the Rails on Docker stack on one or two hosts over SSH",
+    after_help = "Example:\n  provision --hosts hosts.toml            # converge every host\n  provision --hosts hosts.toml --dry-run --only db\n  provision --hosts hosts.toml --json | jq -c 'select(.event == \"step_failed\")'"
 )]
 pub struct Cli {
     /// The inventory: hosts and the services placed on them.
@@ -84,20 +85,29 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    #[command(
+        after_help = "Example:\n  provision completions bash > ~/.local/share/bash-completion/completions/provision"
+    )]
+    Completions { shell: clap_complete::Shell },
     /// Provision every host (the default).
+    #[command(after_help = "Example:\n  provision --hosts hosts.toml up")]
     Up,
     /// Print the plan (same as --dry-run).
+    #[command(after_help = "Example:\n  provision --hosts hosts.toml plan --json")]
     Plan {
         #[arg(long)]
         json: bool,
     },
     /// Remove the local playground machines.
+    #[command(after_help = "Example:\n  provision --hosts hosts.toml down --volumes")]
     Down {
         /// Also remove their data volumes.
         #[arg(long)]
         volumes: bool,
     },
     /// Show each machine and service.
+    #[command(after_help = "Example:\n  provision --hosts hosts.toml status")]
     Status,
     /// A service's container logs, from whichever host runs it; with no
     /// service, every service's, merged, each line prefixed `host/service | `.
@@ -139,6 +149,7 @@ pub enum Command {
     /// Stream a tar of a host's volumes (or one volume) to a local file, with
     /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
     /// Containers using them are stopped for the copy and always started again.
+    #[command(after_help = "Example:\n  provision backup db -o db.tar")]
     Backup {
         /// HOST (every volume its services mount) or HOST:VOLUME.
         target: String,
@@ -153,6 +164,7 @@ pub enum Command {
     /// Stream a backup file back into a host's volumes (replacing their
     /// content), once the file matches its manifest; the host swaps only when
     /// what it received has the file's size and SHA-256.
+    #[command(after_help = "Example:\n  provision restore db db.tar")]
     Restore {
         /// HOST (every volume in the file) or HOST:VOLUME.
         target: String,
@@ -161,6 +173,7 @@ pub enum Command {
     /// Copy a volume from one host to another, streamed through this
     /// computer (no temporary file); the receiving host swaps only when the
     /// size and SHA-256 of what it received match what was sent.
+    #[command(after_help = "Example:\n  provision migrate pgdata --from db --to db2")]
     Migrate {
         volume: String,
         #[arg(long, value_name = "HOST")]
@@ -183,6 +196,14 @@ pub fn run() -> i32 {
                 &cli,
                 |inv| async move { machines::down(&inv, volumes).await },
             )
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "provision", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            EXIT_OK
         }
         Some(Command::Status) => {
             with_inventory(&cli, |inv| async move { status::status(&inv).await })
