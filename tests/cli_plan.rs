@@ -220,7 +220,7 @@ fn dry_run_only_db_shows_what_such_a_run_does() {
         &["--hosts", "hosts.toml", "--dry-run", "--only", "dbx"],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--only dbx: no such host"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--only dbx: no such host dbx in"));
 }
 
 /// Run and dry-run `services` (TOML) on a host at a listener on 127.0.0.1

@@ -18,12 +18,11 @@ pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String
         return code;
     }
     let only = cli.only.as_deref();
-    if let Some(only) = only.filter(|o| loaded.inventory.host(o).is_none()) {
-        eprintln!(
-            "error: --only {only}: no such host in {}",
-            cli.hosts.display()
-        );
-        return EXIT_BAD_INPUT;
+    if let Some(only) = only {
+        if let Err(e) = loaded.inventory.host_named(only) {
+            eprintln!("error: --only {only}: {e}");
+            return EXIT_BAD_INPUT;
+        }
     }
     match build_plan(&loaded) {
         Ok(plan) => {

@@ -82,14 +82,8 @@ fn run_options(cli: &Cli, inv: &Inventory) -> Result<crate::executor::Options, S
         restore: None,
     };
     if let Some(only) = &cli.only {
-        if inv.host(only).is_none() {
-            let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
-            return Err(format!(
-                "--only {only}: no such host in {} (hosts: {})",
-                inv.file.display(),
-                names.join(", ")
-            ));
-        }
+        inv.host_named(only)
+            .map_err(|e| format!("--only {only}: {e}"))?;
     }
     if let Some(from) = &cli.restore_from {
         let Some(host) = &cli.only else {

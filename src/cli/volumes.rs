@@ -18,14 +18,7 @@ fn target<'a>(inv: &Inventory, t: &'a str) -> Result<(&'a str, Option<&'a str>),
         Some((h, _)) => (h, None),
         None => (t, None),
     };
-    if inv.host(host).is_none() {
-        let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
-        return Err(format!(
-            "no host {host} in {} (hosts: {})",
-            inv.file.display(),
-            names.join(", ")
-        ));
-    }
+    inv.host_named(host)?;
     Ok((host, volume))
 }
 

@@ -205,6 +205,19 @@ impl Inventory {
         self.hosts.iter().find(|h| h.name == name)
     }
 
+    /// The host named `name`, or the message for a command line that
+    /// names one this file does not have (with the names it has).
+    pub fn host_named(&self, name: &str) -> Result<&Host, String> {
+        self.host(name).ok_or_else(|| {
+            let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            format!(
+                "no such host {name} in {} (hosts: {})",
+                self.file.display(),
+                names.join(", ")
+            )
+        })
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
