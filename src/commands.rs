@@ -317,12 +317,18 @@ pub struct SecretRef {
 /// `docker run` with the spec hash as a label. Secret values never appear
 /// here: they are in the env file or a mounted file.
 pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
+    run_as(spec, spec_hash, &spec.container)
+}
+
+/// [`run`] under another container name (a release started beside the
+/// running one); everything else, its log tag included, is the service's.
+pub fn run_as(spec: &RunSpec, spec_hash: &str, name: &str) -> Vec<String> {
     let mut a = argv([
         "docker".to_string(),
         "run".into(),
         "--detach".into(),
         "--name".into(),
-        spec.container.clone(),
+        name.to_string(),
         "--hostname".into(),
         spec.service.clone(),
         "--network".into(),
@@ -404,7 +410,9 @@ pub fn run(spec: &RunSpec, spec_hash: &str) -> Vec<String> {
             "--log-opt".into(),
             "fluentd-async=true".into(),
             "--log-opt".into(),
-            format!("tag={}.{{{{.Name}}}}", spec.project),
+            // The service's container name, not `{{.Name}}`: a release
+            // started under another name logs under the same tag.
+            format!("tag={}.{}", spec.project, spec.container),
         ] {
             a.push(opt);
         }
@@ -973,7 +981,7 @@ mod tests {
                 "--log-opt",
                 "fluentd-async=true",
                 "--log-opt",
-                "tag=pg.{{.Name}}",
+                "tag=pg.pg-rails",
                 "pg-rails:abc",
             ])
         );

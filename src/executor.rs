@@ -15,7 +15,7 @@ use crate::events::{Counts, Event, Events};
 use crate::plan::{self, Action, HostPlan, Plan, Selection, Step, StepId, StepKind};
 use crate::probe::HostState;
 use crate::templates::ContextFile;
-use crate::transport::{Exec, Stream, Transport, TransportError};
+use crate::transport::{Exec, Stream, Transport};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -693,9 +693,23 @@ impl HostRun {
                     line,
                     timeout_secs,
                     container,
+                    discard,
                 } => {
-                    self.wait_ready(t, line, container, Duration::from_secs(*timeout_secs))
-                        .await?
+                    let waited = crate::readiness::wait(
+                        t,
+                        line,
+                        container,
+                        Duration::from_secs(*timeout_secs),
+                    )
+                    .await;
+                    if let (Err(why), true) = (&waited, *discard) {
+                        let rm = commands::shell(&commands::remove_container(container));
+                        let _ = self.exec(t, &rm, None, deadline).await;
+                        return Err(format!(
+                            "the new release never got ready and was removed; the previous one goes on serving: {why}"
+                        ));
+                    }
+                    waited?
                 }
             }
         }
@@ -739,89 +753,6 @@ impl HostRun {
         }
     }
 
-    /// Poll until the probe succeeds or the deadline passes; between
-    /// polls, fail at once when `container` exited or restarted.
-    async fn wait_ready(
-        &self,
-        t: &dyn Transport,
-        line: &str,
-        container: &str,
-        limit: Duration,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        let mut first: Option<ContainerState> = None;
-        loop {
-            let last = match t
-                .exec(
-                    Exec::new(line)
-                        .timeout(Duration::from_secs(30))
-                        .idempotent(true),
-                )
-                .await
-            {
-                Ok(out) if out.success() => return Ok(()),
-                Ok(out) => out.stderr_str().trim().to_string(),
-                Err(e @ TransportError::Timeout { .. }) => e.to_string(),
-                Err(e) => return Err(e.to_string()),
-            };
-            if !container.is_empty() {
-                if let Some(now) = self.container_state(t, container).await {
-                    let since = first.get_or_insert(now.clone());
-                    if now.died_since(since) {
-                        return Err(self.death(t, container, &now).await);
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {} s{}",
-                    limit.as_secs(),
-                    if last.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {last}")
-                    }
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// The container's state, or None when docker cannot say (no such
-    /// container yet, an answer not understood).
-    async fn container_state(&self, t: &dyn Transport, container: &str) -> Option<ContainerState> {
-        let out = t
-            .exec(
-                Exec::new(commands::shell(&commands::container_state(container)))
-                    .timeout(Duration::from_secs(30))
-                    .idempotent(true),
-            )
-            .await
-            .ok()?;
-        if !out.success() {
-            return None;
-        }
-        ContainerState::parse(&out.stdout_str())
-    }
-
-    /// Why a wait failed: the container's exit code, its restarts and its
-    /// own last words (masked by the event hub like every error).
-    async fn death(&self, t: &dyn Transport, container: &str, state: &ContainerState) -> String {
-        let logs = t
-            .exec(
-                Exec::new(commands::shell(&commands::container_log_tail(
-                    container,
-                    LOG_TAIL_LINES,
-                )))
-                .timeout(Duration::from_secs(30))
-                .idempotent(true),
-            )
-            .await
-            .map(|o| format!("{}{}", o.stdout_str(), o.stderr_str()))
-            .unwrap_or_else(|e| format!("(docker logs failed: {e})"));
-        death_message(container, state, &logs)
-    }
-
     /// [`crate::images::ensure`] for an image the probe found missing,
     /// with the host's memory of failed pulls.
     async fn ensure_base(
@@ -849,59 +780,6 @@ impl HostRun {
         crate::images::ensure(t, image, &source, &mut say)
             .await
             .map(drop)
-    }
-}
-
-/// How many of a dead container's last log lines a failed wait shows.
-const LOG_TAIL_LINES: u32 = 20;
-
-/// A container's state as `docker inspect` reports it
-/// ([`commands::container_state`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ContainerState {
-    status: String,
-    restarts: u64,
-    exit_code: i64,
-}
-
-impl ContainerState {
-    /// `STATUS RESTARTCOUNT EXITCODE`, e.g. `restarting 3 1`.
-    fn parse(text: &str) -> Option<ContainerState> {
-        let mut words = text.split_whitespace();
-        let state = ContainerState {
-            status: words.next()?.to_string(),
-            restarts: words.next()?.parse().ok()?,
-            exit_code: words.next()?.parse().ok()?,
-        };
-        words.next().is_none().then_some(state)
-    }
-
-    /// It exited, is dead or restarting, or restarted since `first` was
-    /// seen (a crash loop seen while it briefly runs).
-    fn died_since(&self, first: &ContainerState) -> bool {
-        matches!(self.status.as_str(), "restarting" | "exited" | "dead")
-            || self.restarts > first.restarts
-    }
-}
-
-fn death_message(container: &str, state: &ContainerState, logs: &str) -> String {
-    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES as usize)..];
-    let times = if state.restarts == 1 { "time" } else { "times" };
-    let head = format!(
-        "container {container} exited with code {} (restarted {} {times})",
-        state.exit_code, state.restarts
-    );
-    if tail.is_empty() {
-        format!("{head}; it logged nothing")
-    } else {
-        format!(
-            "{head}; its last log lines:\n    {}",
-            tail.iter()
-                .map(|l| without_colours(l))
-                .collect::<Vec<_>>()
-                .join("\n    ")
-        )
     }
 }
 
@@ -980,7 +858,7 @@ fn buildkit_failed_step(stderr: &str) -> Vec<&str> {
 
 /// `l` without terminal colour codes (`ESC [ 91 m`: docker build colours
 /// a RUN's stderr).
-fn without_colours(l: &str) -> String {
+pub(crate) fn without_colours(l: &str) -> String {
     let mut out = String::with_capacity(l.len());
     let mut chars = l.chars().peekable();
     while let Some(c) = chars.next() {
@@ -1019,58 +897,6 @@ pub fn tar_of(files: &[ContextFile]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::plan::Condition;
-
-    #[test]
-    fn a_container_state_is_read_from_one_line() {
-        assert_eq!(
-            ContainerState::parse("restarting 3 1\n"),
-            Some(ContainerState {
-                status: "restarting".into(),
-                restarts: 3,
-                exit_code: 1
-            })
-        );
-        assert_eq!(ContainerState::parse("running"), None);
-        assert_eq!(ContainerState::parse("running x 0"), None);
-        assert_eq!(ContainerState::parse("running 0 0 extra"), None);
-    }
-
-    #[test]
-    fn a_wait_fails_when_the_container_exits_or_restarts() {
-        let st = |s: &str| ContainerState::parse(s).unwrap();
-        let first = st("running 2 0");
-        assert!(!st("running 2 0").died_since(&first));
-        assert!(!st("created 0 0").died_since(&st("created 0 0")));
-        assert!(st("running 3 1").died_since(&first), "restarted meanwhile");
-        assert!(st("restarting 2 1").died_since(&first));
-        assert!(st("exited 2 1").died_since(&first));
-        assert!(st("dead 2 137").died_since(&first));
-    }
-
-    #[test]
-    fn a_dead_container_shows_its_exit_code_and_last_lines() {
-        let logs: String = (1..=30).map(|i| format!("line {i}\n")).collect();
-        let state = ContainerState::parse("restarting 4 1").unwrap();
-        let m = death_message(
-            "p-rails",
-            &state,
-            &format!("{logs}SECRET_KEY_BASE: is not set\n"),
-        );
-        assert!(m.starts_with(
-            "container p-rails exited with code 1 (restarted 4 times); its last log lines:\n    "
-        ));
-        assert!(
-            m.ends_with("line 30\n    SECRET_KEY_BASE: is not set"),
-            "{m}"
-        );
-        assert!(!m.contains("line 11\n"), "only the last 20 lines: {m}");
-        assert!(m.contains("line 12\n"), "{m}");
-        let quiet = death_message("p-x", &ContainerState::parse("exited 0 2").unwrap(), "");
-        assert_eq!(
-            quiet,
-            "container p-x exited with code 2 (restarted 0 times); it logged nothing"
-        );
-    }
 
     #[test]
     fn a_buildkit_failure_shows_the_failed_steps_own_lines() {

@@ -25,6 +25,8 @@ pub mod plan_output;
 pub mod private;
 pub mod probe;
 pub mod reach;
+pub mod readiness;
+pub mod releases;
 pub mod render;
 pub mod run;
 pub mod runtime;

@@ -58,6 +58,30 @@ pub struct Manifest {
     /// without it the container would only fail once it starts.
     #[serde(default)]
     pub needs: Needs,
+    /// How a new container of the service replaces the running one.
+    #[serde(default)]
+    pub replace: Replace,
+    /// The signal that makes the service look up the services it uses
+    /// afresh (Nginx: `HUP`, a reload): sent when one of them switches to a
+    /// new release beside it. Without one, it finds the new release on its
+    /// own next lookup.
+    #[serde(default)]
+    pub reresolve_signal: Option<String>,
+}
+
+/// See [`Manifest::replace`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replace {
+    /// The old container stops, then the new one starts (a service that
+    /// keeps data: two must never write it at once).
+    #[default]
+    StopFirst,
+    /// The new container starts beside the old one and takes over once it
+    /// is ready; then the old one stops (no request fails meanwhile). Only
+    /// for a service with no volumes and no published port; others fall
+    /// back to stop-first, and the plan says why.
+    StartFirst,
 }
 
 /// See [`Manifest::needs`].
@@ -436,7 +460,8 @@ pub fn var_value(v: &VarValue) -> Value {
 /// A service as another service sees it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsedService {
-    /// Container name on the same host, the host's address otherwise.
+    /// A name on the same host's network ([`crate::plan::resolve_use`]),
+    /// the host's address otherwise.
     pub address: String,
     pub port: u16,
     /// `address` as it goes in a URL: IPv6 addresses in brackets.

@@ -474,3 +474,71 @@ fn every_verb_help_ends_with_an_example_and_completions_cover_three_shells() {
         );
     }
 }
+
+/// The Run step's summary of rails in the dry run of the shipped file with
+/// `extra` lines added under `[services.rails]`.
+fn rails_replacement(extra: &str) -> String {
+    let toml = shipped().replace(
+        "logs_to = \"fluentd\"\n\n[services.nginx]",
+        &format!("logs_to = \"fluentd\"\n{extra}\n[services.nginx]"),
+    );
+    let dir = project(&toml);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find(|l| l.contains("run container playground-rails "))
+        .unwrap_or_else(|| panic!("no rails run step:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn the_plan_says_which_kind_of_replacement_each_service_gets() {
+    assert!(
+        rails_replacement("").contains("start-first: the new one starts beside the old one"),
+        "{}",
+        rails_replacement("")
+    );
+    let asked = rails_replacement("replace = \"stop-first\"\n");
+    assert!(
+        asked.contains("stop-first: hosts.toml asks for it"),
+        "{asked}"
+    );
+    let published = rails_replacement("publish = [\"3000\"]\n");
+    assert!(
+        published.contains("stop-first: it publishes a port, which two containers cannot share"),
+        "{published}"
+    );
+    let dir = project(&shipped());
+    let plan = provision(dir.path(), &["--hosts", "hosts.toml", "--dry-run"]);
+    let text = String::from_utf8(plan.stdout).unwrap();
+    let postgis = text
+        .lines()
+        .find(|l| l.contains("run container playground-postgis "))
+        .unwrap();
+    assert!(postgis.ends_with("; stop-first)"), "{postgis}");
+}
+
+#[test]
+fn an_unknown_replacement_or_ready_timeout_is_an_input_error() {
+    let errs = refused_before_any_host(
+        "[services.redis]\nhost = \"web\"\ntemplate = \"redis\"\nreplace = \"sideways\"\nready_timeout = 0\n",
+    );
+    for err in errs {
+        assert!(
+            err.contains("hosts.toml:8:11: services.redis.replace: unknown replacement `sideways`"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "hosts.toml:9:17: services.redis.ready_timeout: 0 s is out of range 1-3600"
+            ),
+            "{err}"
+        );
+    }
+}

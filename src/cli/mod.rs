@@ -17,6 +17,7 @@ mod exit;
 mod machines;
 mod ops;
 mod plan;
+mod releases;
 mod status;
 mod up;
 mod volumes;
@@ -146,6 +147,25 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// The releases of a start-first service (rails) kept on its host: the
+    /// serving one and up to two before it, with their content hash and
+    /// when they were deployed.
+    #[command(after_help = "Example:\n  provision releases rails")]
+    Releases {
+        /// The service, as hosts.toml names it.
+        service: String,
+    },
+    /// Serve the release before the current one again (or RELEASE, a
+    /// prefix of an id `releases` shows): started beside the serving one,
+    /// switched to once its readiness probe passes. The next run of
+    /// provision deploys hosts.toml's release again.
+    #[command(after_help = "Example:\n  provision rollback rails")]
+    Rollback {
+        /// The service, as hosts.toml names it.
+        service: String,
+        /// The release to go back to (default: the one before).
+        release: Option<String>,
+    },
     /// Stream a tar of a host's volumes (or one volume) to a local file, with
     /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
     /// Containers using them are stopped for the copy and always started again.
@@ -258,6 +278,23 @@ pub fn run() -> i32 {
             with_inventory(&cli, |inv| async move {
                 volumes::migrate(&inv, volume, from, to, lock).await
             })
+        }
+        Some(Command::Releases { service }) => {
+            match load::load(&cli.hosts, &env, Generate::Placeholder) {
+                Ok(loaded) => runtime().block_on(releases::show(&loaded, service)),
+                Err(d) => bad_input(&d),
+            }
+        }
+        Some(Command::Rollback { service, release }) => {
+            match load::load(&cli.hosts, &env, Generate::Placeholder) {
+                Ok(loaded) => runtime().block_on(releases::rollback(
+                    &loaded,
+                    service,
+                    release.as_deref(),
+                    lock_policy(&cli),
+                )),
+                Err(d) => bad_input(&d),
+            }
         }
         None | Some(Command::Up) => {
             let loaded = match load::load(&cli.hosts, &env, Generate::Store) {

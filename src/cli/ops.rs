@@ -27,15 +27,13 @@ fn pick<'a>(inv: &'a Inventory, names: &[String]) -> Result<Vec<&'a Service>, i3
     if names.is_empty() {
         return Ok(inv.services.iter().collect());
     }
-    let unknown: Vec<&String> = names.iter().filter(|n| inv.service(n).is_none()).collect();
+    let unknown: Vec<String> = names
+        .iter()
+        .filter_map(|n| inv.service_named(n).err())
+        .collect();
     if !unknown.is_empty() {
-        let known: Vec<&str> = inv.services.iter().map(|s| s.name.as_str()).collect();
-        for n in unknown {
-            eprintln!(
-                "error: no service named {n:?} in {}; known services: {}",
-                inv.file.display(),
-                known.join(", ")
-            );
+        for e in unknown {
+            eprintln!("error: {e}");
         }
         eprintln!("provision: nothing was run on any host");
         return Err(EXIT_BAD_INPUT);

@@ -174,6 +174,12 @@ pub struct Service {
     /// Its published ports are open to anyone; otherwise only to the hosts
     /// whose services use it and to this computer's forwards.
     pub public: bool,
+    /// How long a start may take to pass its readiness probe (default
+    /// [`crate::plan::READY_TIMEOUT_SECS`]).
+    pub ready_timeout: Option<u64>,
+    /// How a new container replaces the running one, where hosts.toml
+    /// overrides its template's choice.
+    pub replace: Option<crate::templates::Replace>,
 }
 
 impl Service {
@@ -220,6 +226,19 @@ impl Inventory {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The service named `name`, or the message for a command line that
+    /// names one this file does not have (with the names it has).
+    pub fn service_named(&self, name: &str) -> Result<&Service, String> {
+        self.service(name).ok_or_else(|| {
+            let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "no service named {name:?} in {}; known services: {}",
+                self.file.display(),
+                names.join(", ")
+            )
+        })
     }
 
     pub fn services_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Service> + 'a {

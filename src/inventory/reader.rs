@@ -46,6 +46,8 @@ const SERVICE_KEYS: &[&str] = &[
     "after",
     "logs_to",
     "public",
+    "ready_timeout",
+    "replace",
 ];
 const DATA_KEYS: &[&str] = &["host", "paths"];
 
@@ -211,7 +213,61 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// `replace = "start-first" | "stop-first"`.
+    fn replace(&mut self, t: &DeTable, path: &str) -> Option<crate::templates::Replace> {
+        let v = self.string(t, "replace", path)?;
+        let p = join(path, "replace");
+        match v.as_str() {
+            "start-first" => Some(crate::templates::Replace::StartFirst),
+            "stop-first" => Some(crate::templates::Replace::StopFirst),
+            other => {
+                self.c.error_with_hint(
+                    self.spans[&p].clone(),
+                    p,
+                    format!("unknown replacement `{other}`"),
+                    "use \"start-first\" (the new container beside the old one, switched to once ready) or \"stop-first\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// A number of seconds, 1 to 3600.
+    fn seconds(&mut self, t: &DeTable, key: &str, path: &str) -> Option<u64> {
+        let n = self.bounded(
+            t,
+            key,
+            path,
+            1..=3600,
+            |n| format!("{n} s is out of range 1-3600"),
+            "a number of seconds from 1 to 3600",
+        )?;
+        Some(n as u64)
+    }
+
     fn port(&mut self, t: &DeTable, key: &str, path: &str) -> Option<u16> {
+        let n = self.bounded(
+            t,
+            key,
+            path,
+            1..=65535,
+            |n| format!("port {n} is out of range 1-65535"),
+            "a port number",
+        )?;
+        Some(n as u16)
+    }
+
+    /// An integer in `range`; out of it, the message `out(n)`; not an
+    /// integer, "expected WHAT".
+    fn bounded(
+        &mut self,
+        t: &DeTable,
+        key: &str,
+        path: &str,
+        range: std::ops::RangeInclusive<i64>,
+        out: impl Fn(i64) -> String,
+        what: &str,
+    ) -> Option<i64> {
         let v = t.get(key)?;
         let p = join(path, key);
         self.record(&p, v.span());
@@ -220,17 +276,16 @@ impl<'s> Reader<'s> {
             .as_integer()
             .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
         match n {
-            Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+            Some(n) if range.contains(&n) => Some(n),
             Some(n) => {
-                self.c
-                    .error(v.span(), p, format!("port {n} is out of range 1-65535"));
+                self.c.error(v.span(), p, out(n));
                 None
             }
             None => {
                 self.c.error(
                     v.span(),
                     p,
-                    format!("expected a port number, found {}", type_name(v.get_ref())),
+                    format!("expected {what}, found {}", type_name(v.get_ref())),
                 );
                 None
             }
@@ -953,6 +1008,8 @@ impl<'s> Reader<'s> {
         let after = self.names(t, "after", path);
         let logs_to = self.nonempty_string(t, "logs_to", path);
         let public = self.boolean(t, "public", path).unwrap_or(false);
+        let ready_timeout = self.seconds(t, "ready_timeout", path);
+        let replace = self.replace(t, path);
 
         Some(Service {
             name,
@@ -968,6 +1025,8 @@ impl<'s> Reader<'s> {
             after,
             logs_to,
             public,
+            ready_timeout,
+            replace,
         })
     }
 

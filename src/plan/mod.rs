@@ -29,6 +29,7 @@ use crate::templates::{ContextFile, UsedService};
 
 pub use crate::runtime::engine::{container_name, data_container_name, DATA_IMAGE};
 pub use only::{only_includes, only_reason, select, OnlyReason, Selection};
+pub use service::replacement;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -215,6 +216,10 @@ pub enum Action {
         timeout_secs: u64,
         #[serde(skip)]
         container: String,
+        /// A release started beside the serving one: removed when it
+        /// does not get ready, so the old one goes on serving alone.
+        #[serde(skip)]
+        discard: bool,
     },
     /// Fetch the app tarball on the host with a curl config file (0600)
     /// that carries the token, so it is never in argv.
@@ -557,8 +562,13 @@ pub fn live_dir(root: &str, service: &str) -> String {
     format!("{root}/live/{service}")
 }
 
-/// How `consumer` reaches `provider`: by container name on the same host's
-/// network, by the provider host's address and published port otherwise.
+/// How `consumer` reaches `provider`: by name on the same host's network,
+/// by the provider host's address and published port otherwise. The name
+/// is the service's network alias, which every container of it carries;
+/// for a start-first service it is its container name, which only the
+/// serving release holds: a release starting beside it, or one stopped
+/// after the switch, is never looked up (a cached address of a stopped
+/// container hangs a request until its connect timeout).
 pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> Option<UsedService> {
     let inv = &loaded.inventory;
     let listen = loaded
@@ -567,7 +577,13 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
         .and_then(|t| t.manifest.port);
     if consumer.host == provider.host {
         let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
-        Some(UsedService::new(provider.name.clone(), port))
+        let name = match replacement(loaded, provider) {
+            crate::runtime::Replacement::StartFirst { .. } => {
+                container_name(&inv.project.name, &provider.name)
+            }
+            crate::runtime::Replacement::StopFirst { .. } => provider.name.clone(),
+        };
+        Some(UsedService::new(name, port))
     } else {
         let host = inv.host(&provider.host)?;
         let p = provider

@@ -10,9 +10,9 @@ use crate::diagnostics::Diagnostic;
 use crate::inventory::{AppSource, Service};
 use crate::load::Loaded;
 use crate::reach::{self, Reach};
-use crate::runtime::{self, Live, ServiceWork};
+use crate::runtime::{self, Live, Replacement, ServiceWork};
 use crate::secrets::MASK;
-use crate::templates::{ContextFile, RenderInput};
+use crate::templates::{ContextFile, RenderInput, Replace};
 
 use super::{client_hosts, clients, context_hash, from_images, local_users, resolve_use};
 use super::{StepId, StepKind};
@@ -281,5 +281,53 @@ pub(super) fn describe(
         waited_for,
         after,
         behind_firewall: guarded,
+        replace: replacement(loaded, s),
+        ready_timeout: s.ready_timeout.unwrap_or(super::READY_TIMEOUT_SECS),
     })
+}
+
+/// How a new container of `s` replaces the running one: start-first where
+/// its template asks for it and nothing forbids two at once.
+pub fn replacement(loaded: &Loaded, s: &Service) -> Replacement {
+    let t = &loaded.templates[&s.name];
+    match (s.replace, t.manifest.replace) {
+        (Some(Replace::StopFirst), Replace::StartFirst) => {
+            return Replacement::StopFirst {
+                why: Some("hosts.toml asks for it".into()),
+            }
+        }
+        (Some(Replace::StartFirst), _) | (None, Replace::StartFirst) => {}
+        _ => return Replacement::StopFirst { why: None },
+    }
+    let why = if !s.volumes.is_empty() || !s.volumes_from.is_empty() {
+        Some("it keeps data in a volume, which two containers must not write at once")
+    } else if !s.publish.is_empty() {
+        Some("it publishes a port, which two containers cannot share")
+    } else if t.manifest.ready.is_empty() {
+        Some("its template has no readiness probe to switch on")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Replacement::StopFirst {
+            why: Some(why.to_string()),
+        };
+    }
+    let inv = &loaded.inventory;
+    let reresolve = inv
+        .services
+        .iter()
+        .filter(|c| c.host == s.host && c.uses.contains(&s.name))
+        .filter_map(|c| {
+            let signal = loaded.templates[&c.name]
+                .manifest
+                .reresolve_signal
+                .clone()?;
+            Some((c.name.clone(), signal))
+        })
+        .collect();
+    Replacement::StartFirst {
+        port: t.manifest.port,
+        reresolve,
+    }
 }

@@ -4,11 +4,12 @@
 //! current.
 
 use crate::commands::{self, shell, RunSpec};
-use crate::plan::{self, Action, Condition, Step, StepId, StepKind, READY_TIMEOUT_SECS};
+use crate::plan::{self, Action, Condition, Step, StepId, StepKind};
+use crate::releases;
 use crate::secrets::MASK;
 use crate::templates::ContextFile;
 
-use super::{HostWork, Runtime, ServiceWork};
+use super::{HostWork, Replacement, Runtime, ServiceWork};
 
 /// The image of data containers: it only holds volumes, never runs.
 pub const DATA_IMAGE: &str = "debian:bookworm";
@@ -109,8 +110,9 @@ impl Runtime for Engine {
                 .needs([id(StepKind::Run)])
                 .action(Action::WaitReady {
                     line: shell(&commands::exec_in(&container, &s.ready)),
-                    timeout_secs: READY_TIMEOUT_SECS,
+                    timeout_secs: s.ready_timeout,
                     container: container.clone(),
+                    discard: false,
                 })
                 .upstream(s.upstream),
             );
@@ -343,18 +345,61 @@ fn run_step(s: &ServiceWork, has_config: bool) -> Step {
             files: s.secret_files.clone(),
         });
     }
-    actions.push(Action::Run {
-        line: format!(
-            "{} 2>/dev/null || true",
-            shell(&commands::remove_container(&container))
-        ),
-    });
-    actions.push(Action::Run {
-        line: shell(&commands::run(&spec, &spec_hash)),
-    });
+    match &s.replace {
+        Replacement::StartFirst { port, reresolve } => {
+            // Beside the serving one; it takes over only once ready.
+            let next = releases::next_name(&container);
+            actions.push(Action::Run {
+                line: format!(
+                    "{} 2>/dev/null || true",
+                    shell(&commands::remove_container(&next))
+                ),
+            });
+            actions.push(Action::Run {
+                line: shell(&commands::run_as(&spec, &spec_hash, &next)),
+            });
+            actions.push(Action::WaitReady {
+                line: shell(&commands::exec_in(&next, &s.ready)),
+                timeout_secs: s.ready_timeout,
+                container: next.clone(),
+                discard: true,
+            });
+            let reresolve: Vec<releases::Reresolve> = reresolve
+                .iter()
+                .map(|(service, signal)| releases::Reresolve {
+                    container: container_name(project, service),
+                    signal: signal.clone(),
+                })
+                .collect();
+            actions.push(Action::Run {
+                line: releases::switch(&releases::Switch {
+                    project,
+                    service: &s.name,
+                    container: &container,
+                    candidate: &next,
+                    port: *port,
+                    reresolve: &reresolve,
+                }),
+            });
+        }
+        Replacement::StopFirst { .. } => {
+            actions.push(Action::Run {
+                line: format!(
+                    "{} 2>/dev/null || true",
+                    shell(&commands::remove_container(&container))
+                ),
+            });
+            actions.push(Action::Run {
+                line: shell(&commands::run(&spec, &spec_hash)),
+            });
+        }
+    }
     Step::new(
         id(StepKind::Run),
-        format!("run container {container} (spec {spec_hash})"),
+        format!(
+            "run container {container} (spec {spec_hash}; {})",
+            s.replace.describe()
+        ),
         Condition::ContainerOutdated {
             name: container.clone(),
             spec: spec_hash.clone(),

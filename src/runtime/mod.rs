@@ -82,6 +82,42 @@ pub struct ServiceWork {
     /// It publishes a port only some hosts may reach: it starts after its
     /// host's firewall step.
     pub behind_firewall: bool,
+    /// How a new container replaces the running one.
+    pub replace: Replacement,
+    /// How long a start may take to pass the readiness probe.
+    pub ready_timeout: u64,
+}
+
+/// How a new container of a service replaces the running one (the
+/// template's `replace`, where the service allows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    /// The old one stops, then the new one starts; `why` says why a
+    /// template that asked for start-first does not get it.
+    StopFirst { why: Option<String> },
+    /// The new one starts beside the old one and takes over once ready.
+    StartFirst {
+        /// The port it listens on: the old one stops once no connection
+        /// to it is left open (in-flight requests finished).
+        port: Option<u16>,
+        /// Same-host services that use it and must look it up afresh at
+        /// the switch: (service, signal).
+        reresolve: Vec<(String, String)>,
+    },
+}
+
+impl Replacement {
+    /// What the plan says of it.
+    pub fn describe(&self) -> String {
+        match self {
+            Replacement::StopFirst { why: None } => "stop-first".into(),
+            Replacement::StopFirst { why: Some(why) } => format!("stop-first: {why}"),
+            Replacement::StartFirst { .. } => {
+                "start-first: the new one starts beside the old one and takes over once ready"
+                    .into()
+            }
+        }
+    }
 }
 
 /// Live files: installed on the host, mounted read-only at `mount`,

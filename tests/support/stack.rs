@@ -38,6 +38,10 @@ pub struct Stack {
     pub redis_tz: Option<String>,
     /// nginx' worker_connections.
     pub nginx_workers: Option<u32>,
+    /// `[app] source` (relative to hosts.toml).
+    pub app: String,
+    /// More lines under `[services.rails]`.
+    pub rails_extra: String,
 }
 
 impl Lab {
@@ -52,6 +56,8 @@ impl Lab {
             repo_token: false,
             redis_tz: None,
             nginx_workers: None,
+            app: "examples/rails_app".into(),
+            rails_extra: String::new(),
         }
     }
 
@@ -145,7 +151,7 @@ impl Stack {
 name = "{project}"
 
 [app]
-source = "examples/rails_app"
+source = "{app}"
 
 {declared}[hosts.web]
 machine = "local"
@@ -172,7 +178,7 @@ template = "rails"
 uses = ["postgis", "redis"]
 secrets = [{rails_secrets}]
 env = {{ RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1" }}
-
+{rails_extra}
 [services.nginx]
 host = "web"
 template = "nginx"
@@ -182,6 +188,8 @@ uses = ["rails"]
 {nginx_vars}"#,
             project = self.project,
             web = self.web,
+            app = self.app,
+            rails_extra = self.rails_extra,
         )
     }
 
