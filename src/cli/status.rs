@@ -87,7 +87,7 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
             machines
                 .iter()
                 .map(|(name, address, state)| {
-                    serde_json::json!({"name": name, "address": address, "state": state})
+                    serde_json::json!({"name": name, "address": address, "state": state.to_lowercase()})
                 })
                 .collect(),
         );
@@ -123,7 +123,8 @@ async fn machine_lines(loaded: &Loaded) -> Vec<(String, String, String)> {
         Ok(list) => list
             .into_iter()
             .map(|m| {
-                let state = format!("{:?}", m.state).to_lowercase();
+                // The text keeps its old words (Running, Stopped, Absent).
+                let state = format!("{:?}", m.state);
                 (m.name, m.address.to_string(), state)
             })
             .collect(),
