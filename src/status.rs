@@ -201,11 +201,21 @@ pub fn service(project: &str, hp: &HostPlan, name: &str, answer: Option<&Answer>
     s
 }
 
+/// A local playground machine: its container's state on this computer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineLine {
+    pub name: String,
+    pub address: String,
+    /// running, stopped, absent.
+    pub state: String,
+}
+
 /// The whole report, `--json`'s document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub hosts: Vec<HostStatus>,
     pub services: Vec<ServiceStatus>,
+    pub machines: Vec<MachineLine>,
 }
 
 /// `3d4h`, `2h13m`, `5m2s`, `40s`: the two largest units.
@@ -219,9 +229,18 @@ pub fn uptime_text(secs: u64) -> String {
     }
 }
 
-/// The plain output: one line per host, then one aligned line per service.
+/// The plain output: one line per machine and per host, then one aligned
+/// line per service.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
+    for m in &r.machines {
+        // The words of the old status (Running, Stopped, Absent).
+        let mut state = m.state.clone();
+        if let Some(first) = state.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let _ = writeln!(out, "machine {:<10} {:<15} {state}", m.name, m.address);
+    }
     for h in &r.hosts {
         match &h.error {
             None => {
@@ -455,6 +474,11 @@ mod tests {
                 service("p", &host_plan(), "nginx", Some(&a)),
                 service("p", &host_plan(), "postgis", None),
             ],
+            machines: vec![MachineLine {
+                name: "web".into(),
+                address: "10.0.0.10".into(),
+                state: "running".into(),
+            }],
         };
         let mut postgis = r.services[1].clone();
         postgis.host = "db".into();
@@ -464,7 +488,8 @@ mod tests {
         };
         assert_eq!(
             table(&r),
-            "host web (10.0.0.10): reachable\n\
+            "machine web        10.0.0.10       Running\n\
+             host web (10.0.0.10): reachable\n\
              host db (10.0.0.11): unreachable: connection refused\n\
              SERVICE  HOST  STATE    HEALTH     UPTIME  DRIFT          PORTS\n\
              nginx    web   running  not ready  6m40s   would rebuild  80 (nginx) on every address: anyone (public = true)\n\

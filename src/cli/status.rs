@@ -21,7 +21,7 @@ use crate::probe::HostState;
 use crate::run;
 use crate::secrets::Generate;
 use crate::session;
-use crate::status::{self, Answer, Container, HostStatus, Report};
+use crate::status::{self, Answer, Container, HostStatus, MachineLine, Report};
 use crate::transport::{Exec, Transport};
 
 use super::{load_plan, Cli, EXIT_FAILED, EXIT_OK};
@@ -80,25 +80,18 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
             ))
         })
         .collect();
-    let r = Report { hosts, services };
+    let r = Report {
+        hosts,
+        services,
+        machines,
+    };
     let out = if json {
-        let mut doc = serde_json::to_value(&r).expect("a report serializes");
-        doc["machines"] = serde_json::Value::Array(
-            machines
-                .iter()
-                .map(|(name, address, state)| {
-                    serde_json::json!({"name": name, "address": address, "state": state.to_lowercase()})
-                })
-                .collect(),
-        );
-        format!("{doc}\n")
+        format!(
+            "{}\n",
+            serde_json::to_string(&r).expect("a report serializes")
+        )
     } else {
-        let mut text: String = machines
-            .iter()
-            .map(|(n, a, s)| format!("machine {n:<10} {a:<15} {s}\n"))
-            .collect();
-        text.push_str(&status::table(&r));
-        text
+        status::table(&r)
     };
     // Nothing above holds a secret; masking is the rule on every output.
     print!("{}", loaded.secrets.mask(&out));
@@ -109,8 +102,8 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
     }
 }
 
-/// The local playground machines: name, address and state.
-async fn machine_lines(loaded: &Loaded) -> Vec<(String, String, String)> {
+/// The local playground machines, as this computer's engine has them.
+async fn machine_lines(loaded: &Loaded) -> Vec<MachineLine> {
     let inv = &loaded.inventory;
     let specs = run::machine_specs(inv);
     if specs.is_empty() {
@@ -122,10 +115,10 @@ async fn machine_lines(loaded: &Loaded) -> Vec<(String, String, String)> {
     match p.status(&specs).await {
         Ok(list) => list
             .into_iter()
-            .map(|m| {
-                // The text keeps its old words (Running, Stopped, Absent).
-                let state = format!("{:?}", m.state);
-                (m.name, m.address.to_string(), state)
+            .map(|m| MachineLine {
+                state: format!("{:?}", m.state).to_lowercase(),
+                name: m.name,
+                address: m.address.to_string(),
             })
             .collect(),
         Err(e) => {
