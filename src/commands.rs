@@ -456,6 +456,28 @@ pub fn exec_in(container: &str, probe: &[String]) -> Vec<String> {
     a
 }
 
+/// One tab-separated line per container of the project (`status`): its
+/// name (Docker's, with a leading `/`), state, when it started, Docker's own
+/// health if its image declares one, and the service label. Extra releases
+/// of a service carry the same label under other names.
+pub fn container_details(project: &str) -> String {
+    let ids = shell(&argv([
+        "docker",
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label={PROJECT_LABEL}={project}"),
+    ]));
+    let format = format!(
+        "{{{{.Name}}}}\t{{{{.State.Status}}}}\t{{{{.State.StartedAt}}}}\t\
+         {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{end}}}}\t\
+         {{{{index .Config.Labels \"{SERVICE_LABEL}\"}}}}"
+    );
+    let inspect = shell(&argv(["docker", "inspect", "--format", &format]));
+    // No container at all is an empty answer, not `docker inspect`'s usage error.
+    format!("ids=$({ids}) || exit 1; [ -z \"$ids\" ] || {inspect} $ids")
+}
+
 /// What `provision logs` asks of a container's logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogsOptions {

@@ -32,6 +32,7 @@ pub mod run;
 pub mod runtime;
 pub mod secrets;
 pub mod session;
+pub mod status;
 pub mod templates;
 pub mod timing;
 pub mod transport;

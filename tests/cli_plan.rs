@@ -448,6 +448,7 @@ fn every_verb_help_ends_with_an_example_and_completions_cover_three_shells() {
         "status",
         "logs",
         "exec",
+        "ssh",
         "backup",
         "restore",
         "migrate",

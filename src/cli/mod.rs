@@ -1,6 +1,6 @@
 //! Command line: parse arguments, run the verb, return an exit code. One
 //! file per verb family (`plan`, `up`, `machines`, `status`, `volumes`,
-//! `ops`),
+//! `ops`, `ssh`),
 //! each over the session layer ([`crate::session`]) when it touches hosts.
 
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ mod machines;
 mod ops;
 mod plan;
 mod releases;
+mod ssh;
 mod status;
 mod up;
 mod volumes;
@@ -107,9 +108,30 @@ pub enum Command {
         #[arg(long)]
         volumes: bool,
     },
-    /// Show each machine and service.
-    #[command(after_help = "Example:\n  provision --hosts hosts.toml status")]
-    Status,
+    /// Per service: its host, container state, health (the template's
+    /// readiness probe, run once), uptime, published ports and who may
+    /// reach them, and drift (what a run would do: "up to date", "would
+    /// rebuild", "would restart", "would reload"). Changes nothing, takes
+    /// no lock. Exits 1 when a host does not answer.
+    #[command(
+        after_help = "Example:\n  provision --hosts hosts.toml status\n  provision status --json | jq -r '.services[] | select(.drift != \"up to date\") | .name'"
+    )]
+    Status {
+        /// One JSON document (the schema is in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A shell on a host through OpenSSH's `ssh`, with provision's settings
+    /// for it (address, user, port, key, known_hosts, host-key policy);
+    /// with `-- CMD...` that command runs instead, its exit code is ours.
+    #[command(after_help = "Example:\n  provision ssh web\n  provision ssh db -- docker ps")]
+    Ssh {
+        /// The host, as hosts.toml names it.
+        host: String,
+        /// A command to run instead of a shell, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// A service's container logs, from whichever host runs it; with no
     /// service, every service's, merged, each line prefixed `host/service | `.
     #[command(
@@ -225,8 +247,9 @@ pub fn run() -> i32 {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             EXIT_OK
         }
-        Some(Command::Status) => {
-            with_inventory(&cli, |inv| async move { status::status(&inv).await })
+        Some(Command::Status { json }) => status::status(&cli, *json || cli.json, &env),
+        Some(Command::Ssh { host, command }) => {
+            with_inventory(&cli, |inv| async move { ssh::ssh(&inv, host, command) })
         }
         Some(Command::Logs {
             services,
@@ -296,20 +319,10 @@ pub fn run() -> i32 {
                 Err(d) => bad_input(&d),
             }
         }
-        None | Some(Command::Up) => {
-            let loaded = match load::load(&cli.hosts, &env, Generate::Store) {
-                Ok(l) => l,
-                Err(d) => return bad_input(&d),
-            };
-            if let Err(code) = keep_state_private(&loaded.inventory, true) {
-                return code;
-            }
-            let plan = match build_plan(&loaded) {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            runtime().block_on(up::up(&cli, &loaded, plan))
-        }
+        None | Some(Command::Up) => match load_plan(&cli, &env, Generate::Store) {
+            Ok((loaded, plan)) => runtime().block_on(up::up(&cli, &loaded, plan)),
+            Err(code) => code,
+        },
     }
 }
 
@@ -323,6 +336,21 @@ pub fn bad_input(diags: &[Diagnostic]) -> i32 {
         if n == 1 { "" } else { "s" }
     );
     EXIT_BAD_INPUT
+}
+
+/// hosts.toml with its templates and secrets, its local state checked, and
+/// the plan. `Generate::Store` is a run: it may write (generated secrets,
+/// tightened state); otherwise nothing is written, only warned about.
+fn load_plan(
+    cli: &Cli,
+    env: &dyn Fn(&str) -> Option<String>,
+    generate: Generate,
+) -> Result<(load::Loaded, crate::plan::Plan), i32> {
+    let writes = matches!(generate, Generate::Store);
+    let loaded = load::load(&cli.hosts, env, generate).map_err(|d| bad_input(&d))?;
+    keep_state_private(&loaded.inventory, writes)?;
+    let plan = build_plan(&loaded)?;
+    Ok((loaded, plan))
 }
 
 /// What `--break-lock`, `--no-wait` and `--lock-wait` say, for every verb

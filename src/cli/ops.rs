@@ -236,10 +236,9 @@ mod tests {
     use super::*;
 
     fn inventory() -> Inventory {
-        let toml = r#"
-[project]
-name = "pv"
-
+        crate::inventory::fixture(
+            "",
+            r#"
 [hosts.web]
 address = "10.0.0.10"
 
@@ -253,9 +252,8 @@ template = "postgis"
 [services.rails]
 host = "web"
 template = "rails"
-"#;
-        crate::inventory::parse(std::path::Path::new("hosts.toml"), toml)
-            .expect("a valid inventory")
+"#,
+        )
     }
 
     fn names(picked: &[&Service]) -> Vec<String> {

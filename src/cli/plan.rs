@@ -1,22 +1,19 @@
 //! `plan` and `--dry-run`: the plan with its exact commands, touching no
 //! host.
 
-use crate::load::{self, Loaded};
+use crate::load::Loaded;
 use crate::plan::{self, Plan};
 use crate::plan_output;
 use crate::secrets::Generate;
 
-use super::{bad_input, keep_state_private, Cli, EXIT_BAD_INPUT, EXIT_OK};
+use super::{bad_input, load_plan, Cli, EXIT_BAD_INPUT, EXIT_OK};
 
 pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    let loaded = match load::load(&cli.hosts, env, Generate::Placeholder) {
-        Ok(l) => l,
-        Err(d) => return bad_input(&d),
-    };
     // A dry run changes nothing, here either: it only warns.
-    if let Err(code) = keep_state_private(&loaded.inventory, false) {
-        return code;
-    }
+    let (loaded, plan) = match load_plan(cli, env, Generate::Placeholder) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let only = cli.only.as_deref();
     if let Some(only) = only {
         if let Err(e) = loaded.inventory.host_named(only) {
@@ -24,22 +21,17 @@ pub(super) fn dry_run(cli: &Cli, json: bool, env: &dyn Fn(&str) -> Option<String
             return EXIT_BAD_INPUT;
         }
     }
-    match build_plan(&loaded) {
-        Ok(plan) => {
-            let out = if json {
-                plan_output::json(&plan, only)
-            } else {
-                plan_output::text(&plan, only)
-            };
-            // Belt and braces: nothing printed may hold a secret value.
-            print!("{}", loaded.secrets.mask(&out));
-            if json {
-                println!();
-            }
-            EXIT_OK
-        }
-        Err(code) => code,
+    let out = if json {
+        plan_output::json(&plan, only)
+    } else {
+        plan_output::text(&plan, only)
+    };
+    // Belt and braces: nothing printed may hold a secret value.
+    print!("{}", loaded.secrets.mask(&out));
+    if json {
+        println!();
     }
+    EXIT_OK
 }
 
 pub fn build_plan(loaded: &Loaded) -> Result<Plan, i32> {

@@ -295,3 +295,11 @@ pub fn resolve_path(root: &Path, p: &str) -> PathBuf {
         root.join(path)
     }
 }
+
+/// A valid inventory of project `pv` for unit tests: `hosts.toml` in `dir`
+/// made of `tables` (its hosts and services).
+#[cfg(test)]
+pub fn fixture(dir: &str, tables: &str) -> Inventory {
+    let toml = format!("[project]\nname = \"pv\"\n{tables}");
+    parse(&Path::new(dir).join("hosts.toml"), &toml).expect("a valid inventory")
+}
