@@ -8,7 +8,8 @@
 //!    `logs -f` streams until Ctrl-C and then exits 0;
 //! 3. `exec rails -- bin/rails runner 'puts Visit.count'` prints the rows of
 //!    the visits table, `exec rails -- sh -c 'exit 7'` exits 7, a hostile
-//!    argument reaches the container byte for byte, `-i` streams stdin;
+//!    argument reaches the container byte for byte, `-i` streams stdin, `-t`
+//!    gives the command a terminal;
 //! 4. an unknown service exits 2 naming the known ones, nothing run.
 //!
 //! Own project prefix `pvops` and a 10.224.x.0/24 subnet; the lab removes
@@ -137,6 +138,21 @@ fn logs_and_exec_reach_each_service_on_its_host() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(0));
+
+    // -t: a terminal (from OpenSSH's ssh -t), inside a terminal that
+    // `script` gives this test; the command's exit code comes through.
+    let mut tty = Command::new("script");
+    tty.args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{BIN} --hosts hosts.toml exec -t redis -- sh -c 'tty; exit 5'"
+        ))
+        .arg("/dev/null")
+        .current_dir(lab.path())
+        .envs(lab.env.iter().map(|(k, v)| (k, v)));
+    let out = run_within(tty, Duration::from_secs(120));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("/dev/pts/"), "exec -t tty: {said}");
+    assert_eq!(out.status.code(), Some(5), "exec -t: {said}");
 
     // 4. An unknown service: an input error listing the known ones.
     let nosuch = lab

@@ -161,8 +161,8 @@ pub enum Command {
         /// Stream this terminal's stdin to the command.
         #[arg(short, long)]
         interactive: bool,
-        /// Give the command a terminal (not supported yet: the SSH
-        /// transport opens no PTY).
+        /// Give the command a terminal (through OpenSSH's `ssh -t`, with
+        /// the settings provision uses for the host).
         #[arg(short, long)]
         tty: bool,
         /// The command and its arguments, after `--`.

@@ -152,14 +152,10 @@ pub(super) async fn exec(
         Err(code) => return code,
     };
     if tty {
-        // The transport opens no PTY on its SSH channels yet: a terminal
-        // cannot be given, and faking one (docker exec -t without a PTY
-        // fails with "the input device is not a TTY") would only mislead.
-        eprintln!(
-            "error: exec -t: provision's SSH transport cannot open a terminal (PTY) yet; \
-             use -i for a stream on stdin; nothing was run on any host"
-        );
-        return EXIT_BAD_INPUT;
+        // provision's transport opens no PTY on its channels: OpenSSH's
+        // client gives the command a terminal, with the same settings.
+        let container = plan::container_name(&inv.project.name, &s.name);
+        return super::ssh::exec_tty(inv, &s.host, &container, cmd);
     }
     let container = plan::container_name(&inv.project.name, &s.name);
     let line = commands::shell(&commands::exec(&container, interactive, false, cmd));

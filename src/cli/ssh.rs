@@ -20,6 +20,25 @@ use crate::transport::ssh::{user_ssh_dir, HostKeyPolicy};
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
 
 pub(super) fn ssh(inv: &Inventory, host: &str, cmd: &[String]) -> i32 {
+    exec_ssh(inv, host, cmd, false)
+}
+
+/// `exec -t SERVICE -- CMD`: `docker exec -it` in the service's container
+/// through `ssh -t`, whose terminal (a PTY on the host) the command gets;
+/// under sudo where provision's own commands use it.
+pub(super) fn exec_tty(inv: &Inventory, host: &str, container: &str, cmd: &[String]) -> i32 {
+    let Ok(h) = inv.host_named(host) else {
+        return exec_ssh(inv, host, &[], true);
+    };
+    let mut line = Vec::new();
+    if session::login(h).sudo {
+        line.extend(["sudo".to_string(), "-n".into()]);
+    }
+    line.extend(commands::exec(container, true, true, cmd));
+    exec_ssh(inv, host, &line, true)
+}
+
+fn exec_ssh(inv: &Inventory, host: &str, cmd: &[String], tty: bool) -> i32 {
     let h = match inv.host_named(host) {
         Ok(h) => h,
         Err(e) => {
@@ -47,6 +66,7 @@ pub(super) fn ssh(inv: &Inventory, host: &str, cmd: &[String]) -> i32 {
         known_hosts: &known,
         policy: target.host_key_policy,
         command: cmd,
+        tty,
     });
     let err = std::process::Command::new("ssh").args(&args).exec();
     eprintln!("error: cannot run ssh (OpenSSH's client): {err}");
@@ -62,6 +82,8 @@ struct Settings<'a> {
     known_hosts: &'a [PathBuf],
     policy: HostKeyPolicy,
     command: &'a [String],
+    /// `-t`: a terminal for the command.
+    tty: bool,
 }
 
 /// The arguments of `ssh`, options first; the command, if any, as one
@@ -95,6 +117,9 @@ fn ssh_args(s: &Settings) -> Vec<OsString> {
     opt(format!("UserKnownHostsFile={}", files.join(" ")));
     if s.identity.is_some() {
         opt("IdentitiesOnly=yes".into());
+    }
+    if s.tty {
+        a.push("-t".into());
     }
     a.extend(["-p".into(), s.port.to_string().into()]);
     if !s.user.is_empty() {
@@ -150,6 +175,7 @@ template = "redis"
             known_hosts: &t.known_hosts,
             policy: t.host_key_policy,
             command: &cmd,
+            tty: false,
         })
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -204,6 +230,25 @@ template = "redis"
     }
 
     #[test]
+    fn a_terminal_is_asked_for_with_dash_t() {
+        let cmd = ["docker".to_string(), "exec".into()];
+        let a = ssh_args(&Settings {
+            address: "h",
+            user: "",
+            port: 22,
+            identity: None,
+            known_hosts: &[],
+            policy: HostKeyPolicy::Strict,
+            command: &cmd,
+            tty: true,
+        });
+        let a: Vec<String> = a.iter().map(|w| w.to_string_lossy().into()).collect();
+        let t = a.iter().position(|w| w == "-t").expect("-t");
+        assert!(t < a.iter().position(|w| w == "--").unwrap(), "{a:?}");
+        assert_eq!(a.last().unwrap(), "docker exec");
+    }
+
+    #[test]
     fn a_known_hosts_path_with_a_space_is_quoted() {
         let files = [PathBuf::from("/a b/known_hosts"), PathBuf::from("/c")];
         let a = ssh_args(&Settings {
@@ -214,6 +259,7 @@ template = "redis"
             known_hosts: &files,
             policy: HostKeyPolicy::Off,
             command: &[],
+            tty: false,
         });
         let a: Vec<String> = a.iter().map(|w| w.to_string_lossy().into()).collect();
         assert_eq!(
