@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod data_paths;
+pub mod dev;
 pub mod diagnostics;
 pub mod docker_api;
 pub mod dockerignore;

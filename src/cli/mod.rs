@@ -13,6 +13,7 @@ use crate::load;
 use crate::secrets::Generate;
 use crate::session::LockPolicy;
 
+mod dev;
 mod exit;
 mod machines;
 mod ops;
@@ -188,6 +189,21 @@ pub enum Command {
         /// The release to go back to (default: the one before).
         release: Option<String>,
     },
+    /// Develop against the stack: the app folder on this computer, live in
+    /// a development container of the app (wired like production, its own
+    /// `_development` database) that serves in its place until Ctrl-C.
+    #[command(
+        after_help = "Example:\n  provision dev            # edit app/ here, reload the page"
+    )]
+    Dev {
+        /// The service that builds the app (default: the one whose
+        /// template has `app = true`).
+        service: Option<String>,
+        /// Needed on hosts that are not local machines: dev mode changes
+        /// what the host serves.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Stream a tar of a host's volumes (or one volume) to a local file, with
     /// its manifest (size, SHA-256, volumes) beside it as FILE.manifest.json.
     /// Containers using them are stopped for the copy and always started again.
@@ -302,6 +318,16 @@ pub fn run() -> i32 {
                 volumes::migrate(&inv, volume, from, to, lock).await
             })
         }
+        Some(Command::Dev { service, yes }) => match load_plan(&cli, &env, Generate::Store) {
+            Ok((loaded, plan)) => runtime().block_on(dev::dev(
+                &loaded,
+                &plan,
+                service.as_deref(),
+                *yes,
+                lock_policy(&cli),
+            )),
+            Err(code) => code,
+        },
         Some(Command::Releases { service }) => {
             match load::load(&cli.hosts, &env, Generate::Placeholder) {
                 Ok(loaded) => runtime().block_on(releases::show(&loaded, service)),

@@ -565,7 +565,8 @@ pub fn live_dir(root: &str, service: &str) -> String {
 /// How `consumer` reaches `provider`: by name on the same host's network,
 /// by the provider host's address and published port otherwise. The name
 /// is the service's network alias, which every container of it carries;
-/// for a start-first service it is its container name, which only the
+/// for a service whose template is start-first it is its container name,
+/// which only the
 /// serving release holds: a release starting beside it, or one stopped
 /// after the switch, is never looked up (a cached address of a stopped
 /// container hangs a request until its connect timeout).
@@ -577,11 +578,17 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
         .and_then(|t| t.manifest.port);
     if consumer.host == provider.host {
         let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
-        let name = match replacement(loaded, provider) {
-            crate::runtime::Replacement::StartFirst { .. } => {
-                container_name(&inv.project.name, &provider.name)
-            }
-            crate::runtime::Replacement::StopFirst { .. } => provider.name.clone(),
+        // The template's choice, not the service's: a hosts.toml that opts
+        // out of start-first must not change its consumers' configs.
+        let start_first = loaded
+            .templates
+            .get(&provider.name)
+            .map(|t| t.manifest.replace)
+            == Some(crate::templates::Replace::StartFirst);
+        let name = if start_first {
+            container_name(&inv.project.name, &provider.name)
+        } else {
+            provider.name.clone()
         };
         Some(UsedService::new(name, port))
     } else {
@@ -642,7 +649,12 @@ pub fn from_images(dockerfile: &str) -> Vec<String> {
 }
 
 pub fn hash_str(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
+    hash_bytes(s.as_bytes())
+}
+
+/// SHA-256 in hex, as `sha256sum` prints it.
+pub fn hash_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
 }
 
 /// Hash of a build context: paths, modes and contents, in path order.
