@@ -94,7 +94,7 @@ async fn upload(t: &LocalTransport, actions: &[Action]) -> String {
                     .unwrap();
                 assert!(out.success(), "{}", out.stderr_str());
             }
-            Action::Fetch { line } => fetch = Some(line.clone()),
+            Action::Fetch { line, .. } => fetch = Some(line.clone()),
             other => panic!("unexpected {other:?}"),
         }
     }
