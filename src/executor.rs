@@ -677,8 +677,17 @@ impl HostRun {
         }
         for a in &step.actions {
             match a {
-                Action::Run { line } | Action::Fetch { line } => {
-                    self.exec(t, line, None, deadline).await?
+                Action::Run { line } => self.exec(t, line, None, deadline).await?,
+                Action::Fetch { line, url, token } => {
+                    let out = self.exec_output(t, line, None, deadline).await?;
+                    if !out.success() {
+                        return Err(fetch_failure(
+                            url,
+                            token.as_deref(),
+                            &out.stderr_str(),
+                            out.status,
+                        ));
+                    }
                 }
                 Action::Script { line, script } => {
                     self.exec(t, line, Some(script.as_bytes().to_vec()), deadline)
@@ -723,6 +732,29 @@ impl HostRun {
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(), String> {
+        let out = self.exec_output(t, line, stdin, timeout).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(failure(
+                line,
+                &out.stderr_str(),
+                &out.stdout_str(),
+                out.status,
+            ))
+        }
+    }
+
+    /// Runs `line` with its output streamed as the step's; a failed
+    /// command is the caller's to word, only the transport's errors are
+    /// errors here.
+    async fn exec_output(
+        &self,
+        t: &dyn Transport,
+        line: &str,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<crate::transport::ExecOutput, String> {
         let events = self.events.clone();
         let host = self.host.clone();
         let step = self.current.as_ref().map(|r| r.step.clone());
@@ -740,17 +772,7 @@ impl HostRun {
         if let Some(b) = stdin {
             req = req.stdin_bytes(b);
         }
-        let out = t.exec(req).await.map_err(|e| e.to_string())?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(failure(
-                line,
-                &out.stderr_str(),
-                &out.stdout_str(),
-                out.status,
-            ))
-        }
+        t.exec(req).await.map_err(|e| e.to_string())
     }
 
     /// [`crate::images::ensure`] for an image the probe found missing,
@@ -832,6 +854,83 @@ fn failure(line: &str, stderr: &str, stdout: &str, status: Option<u32>) -> Strin
             format!(":\n    {tail}")
         }
     )
+}
+
+/// A failed fetch of the app tarball (a [`plan::fetch_line`]) in the
+/// user's words: the URL without credentials, what went wrong, and for a
+/// refused token the secret's name. Built from the URL, the name and
+/// curl's or tar's own complaint only: the token's value is in no input
+/// here (curl reads it from its config and never prints it), so it cannot
+/// leak even where the event hub's masking does not reach.
+pub fn fetch_failure(url: &str, token: Option<&str>, stderr: &str, status: Option<u32>) -> String {
+    let url = without_credentials(url);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // `curl: (22) The requested URL returned error: 401`
+    let curl = lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("curl: (")?;
+        let (code, text) = rest.split_once(") ")?;
+        Some((code.parse::<u32>().ok()?, text))
+    });
+    let why = match (curl, status) {
+        (Some((22, text)), _) => {
+            let http = text
+                .rsplit_once("returned error: ")
+                .and_then(|(_, c)| c.split_whitespace().next())
+                .and_then(|c| c.parse::<u16>().ok());
+            match (http, token) {
+                (Some(c @ (401 | 403)), Some(name)) => {
+                    format!("HTTP {c}: the token {name} was refused")
+                }
+                (Some(c @ (401 | 403)), None) => format!(
+                    "HTTP {c}: the server wants credentials; `token` in [app] names the secret to send"
+                ),
+                // GitHub answers 404, not 403, to a token that may not see a
+                // private repository.
+                (Some(404), Some(name)) => {
+                    format!("HTTP 404: no tarball there, or the token {name} may not read it")
+                }
+                (Some(404), None) => "HTTP 404: no tarball there".to_string(),
+                (Some(c), _) => format!("HTTP {c}"),
+                (None, _) => format!("curl: {text}"),
+            }
+        }
+        // 60: the chain is not trusted; 35, 51, 58, 77, 83: other TLS
+        // failures, said in curl's words.
+        (Some((60, text)), _) => {
+            format!("the server's certificate is not trusted (curl: {text})")
+        }
+        (Some((_, text)), _) => format!("curl: {text}"),
+        (None, None) => "it was stopped by a signal".to_string(),
+        (None, Some(129 | 130 | 143)) => "it was stopped (the step was ended)".to_string(),
+        (None, Some(code)) => {
+            let tail = &lines[lines.len().saturating_sub(3)..];
+            format!(
+                "the tarball could not be unpacked (exit {code}){}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n    {}", tail.join("\n    "))
+                }
+            )
+        }
+    };
+    format!("fetching the app from {url} failed: {why}")
+}
+
+/// `url` without a `user:password@` part, should one be written there.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 /// The last lines of the step BuildKit says failed: its block
@@ -931,6 +1030,92 @@ mod tests {
         assert!(f.contains("No space left on device"), "{f}");
         assert!(f.ends_with("returned a non-zero code: 100"), "{f}");
         assert!(f.starts_with("`docker` exited with 100"), "{f}");
+    }
+
+    const URL: &str = "https://git.example/acme/app/archive/main.tar.gz";
+
+    #[test]
+    fn a_refused_token_is_named_by_its_secret_and_the_url_shown() {
+        let stderr = "curl: (22) The requested URL returned error: 401\n";
+        let f = fetch_failure(URL, Some("REPO_TOKEN"), stderr, Some(22));
+        assert_eq!(
+            f,
+            format!(
+                "fetching the app from {URL} failed: HTTP 401: the token REPO_TOKEN was refused"
+            )
+        );
+        // Older curl adds the reason phrase.
+        let f = fetch_failure(
+            URL,
+            Some("REPO_TOKEN"),
+            "curl: (22) The requested URL returned error: 403 Forbidden",
+            Some(22),
+        );
+        assert!(
+            f.ends_with("HTTP 403: the token REPO_TOKEN was refused"),
+            "{f}"
+        );
+        let f = fetch_failure(URL, None, stderr, Some(22));
+        assert!(
+            f.ends_with("`token` in [app] names the secret to send"),
+            "{f}"
+        );
+        let f = fetch_failure(
+            URL,
+            Some("REPO_TOKEN"),
+            "curl: (22) The requested URL returned error: 404",
+            Some(22),
+        );
+        assert!(
+            f.ends_with("or the token REPO_TOKEN may not read it"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn a_fetch_failure_keeps_no_credentials_of_the_url() {
+        let f = fetch_failure(
+            "https://bot:s3cret@git.example/a.tar.gz?ref=main",
+            None,
+            "curl: (7) Failed to connect to git.example port 443",
+            Some(7),
+        );
+        assert_eq!(
+            f,
+            "fetching the app from https://git.example/a.tar.gz?ref=main failed: \
+             curl: Failed to connect to git.example port 443"
+        );
+        assert_eq!(without_credentials(URL), URL);
+        assert_eq!(
+            without_credentials("https://h.example/p?q=a@b"),
+            "https://h.example/p?q=a@b"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_and_a_bad_tarball_say_so() {
+        let f = fetch_failure(
+            URL,
+            Some("REPO_TOKEN"),
+            "curl: (60) SSL certificate problem: unable to get local issuer certificate\nMore details here: https://curl.se/docs/sslcerts.html\n",
+            Some(60),
+        );
+        assert!(
+            f.ends_with("the server's certificate is not trusted (curl: SSL certificate problem: unable to get local issuer certificate)"),
+            "{f}"
+        );
+        let f = fetch_failure(
+            URL,
+            None,
+            "gzip: stdin: not in gzip format\ntar: Child returned status 1\ntar: Error is not recoverable: exiting now\n",
+            Some(2),
+        );
+        assert!(
+            f.contains("failed: the tarball could not be unpacked (exit 2):\n    gzip: stdin: not in gzip format"),
+            "{f}"
+        );
+        let f = fetch_failure(URL, None, "", Some(143));
+        assert!(f.ends_with("it was stopped (the step was ended)"), "{f}");
     }
 
     /// `host/service/kind` or `host/kind` written out as a [`StepId`].

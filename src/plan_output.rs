@@ -93,7 +93,7 @@ pub fn text(plan: &Plan, only: Option<&str>) -> String {
             }
             for a in &s.actions {
                 match a {
-                    Action::Run { line } | Action::Fetch { line } => {
+                    Action::Run { line } | Action::Fetch { line, .. } => {
                         let _ = writeln!(out, "      $ {line}");
                     }
                     Action::Script { line, .. } => {

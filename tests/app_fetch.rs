@@ -8,103 +8,21 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use provision::plan::{Action, Plan, StepKind};
-use provision::secrets::Generate;
 use provision::transport::{Exec, LocalTransport, Transport};
 
 mod support;
 
+use support::fetch::{
+    cfg_path, fetch_actions, hosts_toml, plan_for, request_head, tarball, upload,
+};
 use support::local::{closed_port, mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const TOKEN: &str = "ghp-test-token-0123456789";
-
-/// The plan's folder on "the host" (this machine), removed at the end.
-struct HostRoot(PathBuf);
-
-impl Drop for HostRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn hosts_toml(project: &str, url: &str, token: bool) -> String {
-    format!(
-        "[project]\nname = \"{project}\"\n\n[app]\nsource = \"{url}\"\n{}\n\
-         [hosts.web]\naddress = \"127.0.0.1\"\n\n\
-         [services.rails]\nhost = \"web\"\ntemplate = \"rails\"\nsecrets = [\"SECRET_KEY_BASE\"]\n",
-        if token {
-            "token = \"REPO_TOKEN\"\n"
-        } else {
-            ""
-        }
-    )
-}
-
-/// The plan of a one-service project fetching `url`, and its host folder.
-fn plan_for(name: &str, url: &str, token: bool) -> (Plan, HostRoot, tempfile::TempDir) {
-    let project = format!("fetch-{name}-{}", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hosts.toml");
-    std::fs::write(&path, hosts_toml(&project, url, token)).unwrap();
-    let env = |n: &str| match n {
-        "REPO_TOKEN" => Some(TOKEN.to_string()),
-        "SECRET_KEY_BASE" => Some("kb-0123456789-abcdef".to_string()),
-        _ => None,
-    };
-    let loaded = provision::load::load(&path, &env, Generate::Placeholder).unwrap();
-    let plan = provision::cli::build_plan(&loaded).unwrap();
-    let root = HostRoot(PathBuf::from(provision::commands::remote_root(&project)));
-    (plan, root, dir)
-}
-
-/// The build step's uploads and fetch (not its `docker build`).
-fn fetch_actions(plan: &Plan) -> Vec<Action> {
-    let step = plan.hosts[0]
-        .steps
-        .iter()
-        .find(|s| s.kind() == StepKind::Build)
-        .unwrap();
-    step.actions
-        .iter()
-        .filter(|a| !matches!(a, Action::Run { .. }))
-        .cloned()
-        .collect()
-}
-
-fn cfg_path(root: &HostRoot) -> PathBuf {
-    root.0.join("fetch/rails/curl.cfg")
-}
-
-/// Upload what the step uploads; return the fetch line.
-async fn upload(t: &LocalTransport, actions: &[Action]) -> String {
-    let mut fetch = None;
-    for a in actions {
-        match a {
-            Action::Upload { dir, files, .. } => {
-                let tar = provision::executor::tar_of(files).unwrap();
-                let out = t
-                    .exec(Exec::new(provision::commands::untar_into(dir)).stdin_bytes(tar))
-                    .await
-                    .unwrap();
-                assert!(out.success(), "{}", out.stderr_str());
-            }
-            Action::Fetch { line } => fetch = Some(line.clone()),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    let line = fetch.expect("a fetch action");
-    assert!(
-        !line.contains(TOKEN),
-        "the token is in the fetch line: {line}"
-    );
-    line
-}
 
 /// Serve one HTTP response on 127.0.0.1, then stop.
 fn serve_once(status: &str, body: Vec<u8>) -> u16 {
@@ -115,13 +33,8 @@ fn serve_once(status: &str, body: Vec<u8>) -> u16 {
         let (mut conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
+        if request_head(&mut conn).is_none() {
+            return;
         }
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -133,28 +46,12 @@ fn serve_once(status: &str, body: Vec<u8>) -> u16 {
     port
 }
 
-/// A GitHub-style tarball: one top folder holding the app.
-fn tarball() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("app-main/config")).unwrap();
-    std::fs::write(dir.path().join("app-main/Gemfile"), "gem 'rails'\n").unwrap();
-    std::fs::write(dir.path().join("app-main/config/app.yml"), "x: 1\n").unwrap();
-    let out = Command::new("tar")
-        .args(["-czf", "-", "-C"])
-        .arg(dir.path())
-        .arg("app-main")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
-
 #[tokio::test]
 async fn a_failed_fetch_removes_the_curl_config_and_keeps_curls_exit_code() {
     let url = format!("https://127.0.0.1:{}/app.tar.gz", closed_port());
-    let (plan, root, _dir) = plan_for("refused", &url, true);
+    let (plan, root, _dir) = plan_for("refused", &url, Some(TOKEN));
     let t = LocalTransport::new("host");
-    let line = upload(&t, &fetch_actions(&plan)).await;
+    let line = upload(&t, &fetch_actions(&plan), TOKEN).await;
     // The config is there, private, with the token, before the fetch.
     let cfg = cfg_path(&root);
     assert!(std::fs::read_to_string(&cfg).unwrap().contains(TOKEN));
@@ -174,9 +71,9 @@ async fn a_failed_fetch_removes_the_curl_config_and_keeps_curls_exit_code() {
 async fn a_refused_download_removes_the_config_too() {
     let port = serve_once("404 Not Found", b"no such tarball".to_vec());
     let url = format!("http://127.0.0.1:{port}/app.tar.gz");
-    let (plan, root, _dir) = plan_for("missing", &url, false);
+    let (plan, root, _dir) = plan_for("missing", &url, None);
     let t = LocalTransport::new("host");
-    let line = upload(&t, &fetch_actions(&plan)).await;
+    let line = upload(&t, &fetch_actions(&plan), TOKEN).await;
     assert!(cfg_path(&root).exists());
     let out = t.exec(Exec::new(line)).await.unwrap();
     // `fail` in the config: curl's exit code for an HTTP error.
@@ -188,9 +85,9 @@ async fn a_refused_download_removes_the_config_too() {
 async fn a_fetch_that_works_unpacks_the_app_and_removes_the_config() {
     let port = serve_once("200 OK", tarball());
     let url = format!("http://127.0.0.1:{port}/app.tar.gz");
-    let (plan, root, _dir) = plan_for("works", &url, false);
+    let (plan, root, _dir) = plan_for("works", &url, None);
     let t = LocalTransport::new("host");
-    let line = upload(&t, &fetch_actions(&plan)).await;
+    let line = upload(&t, &fetch_actions(&plan), TOKEN).await;
     let out = t.exec(Exec::new(line)).await.unwrap();
     assert_eq!(out.status, Some(0), "{}", out.stderr_str());
     let app = root.0.join("build/rails/app");
@@ -218,9 +115,13 @@ fn a_fetch_stopped_by_term_removes_the_config() {
         }
     });
     let url = format!("https://127.0.0.1:{port}/app.tar.gz");
-    let (plan, root, _dir) = plan_for("stopped", &url, true);
+    let (plan, root, _dir) = plan_for("stopped", &url, Some(TOKEN));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let line = runtime.block_on(upload(&LocalTransport::new("host"), &fetch_actions(&plan)));
+    let line = runtime.block_on(upload(
+        &LocalTransport::new("host"),
+        &fetch_actions(&plan),
+        TOKEN,
+    ));
     assert!(cfg_path(&root).exists());
 
     // As the SSH transport runs a line: its own process group, stopped

@@ -645,7 +645,7 @@ proptest! {
         if let Ok(plan) = plan_of(&path, &secrets) {
             for step in plan.hosts.iter().flat_map(|h| &h.steps) {
                 for a in &step.actions {
-                    if let Action::Run { line } | Action::Fetch { line } = a {
+                    if let Action::Run { line } | Action::Fetch { line, .. } = a {
                         prop_assert!(!line.contains('\0'), "{line:?}");
                     }
                 }

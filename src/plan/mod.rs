@@ -223,7 +223,16 @@ pub enum Action {
     },
     /// Fetch the app tarball on the host with a curl config file (0600)
     /// that carries the token, so it is never in argv.
-    Fetch { line: String },
+    Fetch {
+        line: String,
+        /// For the failure's message: the URL and the token's secret name
+        /// (never its value). The plan's JSON already shows the URL in the
+        /// config's upload.
+        #[serde(skip)]
+        url: String,
+        #[serde(skip)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -91,10 +91,14 @@ pub(super) fn describe(
                     mode: 0o644,
                     data: url.clone().into_bytes(),
                 });
-                let token = token
-                    .as_ref()
-                    .map(|tok| loaded.secrets.get(tok).unwrap_or_default().to_string());
-                fetch = Some((url.clone(), token));
+                let token = token.as_ref().map(|tok| {
+                    let value = loaded.secrets.get(tok).unwrap_or_default().to_string();
+                    (tok.clone(), value)
+                });
+                fetch = Some(crate::runtime::AppFetch {
+                    url: url.clone(),
+                    token,
+                });
             }
         }
     }

@@ -143,7 +143,7 @@ fn build_step(s: &ServiceWork) -> Step {
         ),
         files: s.context.clone(),
     }];
-    if let Some((url, token)) = &s.fetch {
+    if let Some(crate::runtime::AppFetch { url, token }) = &s.fetch {
         let q = commands::curl_config_quote;
         let mut cfg = format!(
             "url = {}\nlocation\nfail\nsilent\nshow-error\noutput = {}\n",
@@ -151,7 +151,7 @@ fn build_step(s: &ServiceWork) -> Step {
             q(&format!("{build_dir}/app.tar.gz"))
         );
         let mut shown = cfg.clone();
-        if let Some(value) = token {
+        if let Some((_, value)) = token {
             cfg.push_str(&format!(
                 "user = {}\n",
                 q(&format!("{value}:x-oauth-basic"))
@@ -174,6 +174,8 @@ fn build_step(s: &ServiceWork) -> Step {
                 &format!("{build_dir}/app.tar.gz"),
                 &format!("{build_dir}/app"),
             ),
+            url: url.clone(),
+            token: token.as_ref().map(|(name, _)| name.clone()),
         });
     }
     actions.push(Action::Run {

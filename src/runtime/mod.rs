@@ -49,9 +49,8 @@ pub struct ServiceWork {
     pub context_hash: String,
     /// Images the Dockerfile starts `FROM`.
     pub bases: Vec<String>,
-    /// The app tarball the host fetches into the context: its URL and the
-    /// token's value, if one is needed.
-    pub fetch: Option<(String, Option<String>)>,
+    /// The app tarball the host fetches into the context.
+    pub fetch: Option<AppFetch>,
     /// Built from an upstream registry image.
     pub upstream: bool,
     /// `KEY=value` lines of its environment, with real values and as shown
@@ -86,6 +85,15 @@ pub struct ServiceWork {
     pub replace: Replacement,
     /// How long a start may take to pass the readiness probe.
     pub ready_timeout: u64,
+}
+
+/// Where the host fetches the app tarball from, and with which token.
+#[derive(Debug, Clone)]
+pub struct AppFetch {
+    pub url: String,
+    /// The secret's name (for messages) and its value (for curl's config
+    /// only).
+    pub token: Option<(String, String)>,
 }
 
 /// How a new container of a service replaces the running one (the

@@ -15,11 +15,24 @@ use super::{Exec, ExecOutput, Stdin, Transport, TransportError};
 #[derive(Debug, Clone)]
 pub struct LocalTransport {
     name: String,
+    /// Set on every spawned shell, never written into its line: a test
+    /// standing in for a host's own settings (`CURL_CA_BUNDLE` trusting the
+    /// test's CA) leaves the plan's lines exactly as a host runs them.
+    env: Vec<(String, String)>,
 }
 
 impl LocalTransport {
     pub fn new(name: impl Into<String>) -> Self {
-        LocalTransport { name: name.into() }
+        LocalTransport {
+            name: name.into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The same, with `key=value` in the environment of every line it runs.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 }
 
@@ -51,6 +64,7 @@ impl Transport for LocalTransport {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&req.line)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if req.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -225,6 +239,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(dest.join("sub/app.env")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn its_env_reaches_every_line() {
+        let out = LocalTransport::default()
+            .with_env("PROVISION_TEST_VALUE", "a b")
+            .exec(Exec::new("printf %s \"$PROVISION_TEST_VALUE\""))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"a b");
     }
 
     #[tokio::test]
