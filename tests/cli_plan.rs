@@ -543,3 +543,25 @@ fn an_unknown_replacement_or_ready_timeout_is_an_input_error() {
         );
     }
 }
+
+#[test]
+fn dev_mode_on_a_host_that_is_not_a_local_machine_asks_for_yes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let toml = format!(
+        "[app]\nsource = \"examples/rails_app\"\n\n[secrets.SECRET_KEY_BASE]\n\n\
+         [hosts.web]\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [services.rails]\nhost = \"web\"\ntemplate = \"rails\"\nsecrets = [\"SECRET_KEY_BASE\"]\n"
+    );
+    let dir = project(&toml);
+    let out = provision(dir.path(), &["--hosts", "hosts.toml", "dev"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dev mode changes what web serves") && err.contains("add --yes"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was run on any host"), "{err}");
+    assert!(listener.accept().is_err(), "dev connected without --yes");
+}
