@@ -31,15 +31,7 @@ fn edit(lab: &Lab, file: &str, from: &str, to: &str) {
 #[test]
 fn dev_mode_serves_the_app_folder_and_gives_production_back() {
     let lab = Lab::new("pvdev", 228);
-    let copied = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("examples/rails_app"))
-        .arg(lab.path().join("app"))
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    let mut stack = lab.stack();
-    stack.app = "app".into();
+    let stack = lab.stack_with_app_copy();
     stack.write(&lab);
     let url = format!("http://{}/", stack.web);
     lab.provision_ok(&[]);

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::http::{http_get, http_until};
-use support::lab::{repo, Lab};
+use support::lab::Lab;
 
 /// Requests sent through nginx, and the failures among them.
 #[derive(Default)]
@@ -59,15 +59,7 @@ fn set_heading(lab: &Lab, heading: &str) {
 #[test]
 fn a_new_release_takes_over_without_a_failed_request_and_can_be_rolled_back() {
     let lab = Lab::new("pvroll", 227);
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("examples/rails_app"))
-        .arg(lab.path().join("app"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut stack = lab.stack();
-    stack.app = "app".into();
+    let mut stack = lab.stack_with_app_copy();
     // A broken release must fail in seconds, not after the default 180 s.
     stack.rails_extra = "ready_timeout = 25\n".into();
     stack.write(&lab);

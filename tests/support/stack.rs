@@ -61,6 +61,22 @@ impl Lab {
         }
     }
 
+    /// The stack with its own copy of the example app in the lab's `app/`
+    /// (for tests that edit the app's code).
+    pub fn stack_with_app_copy(&self) -> Stack {
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(super::lab::repo().join("examples/rails_app"))
+            .arg(self.path().join("app"))
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp -r of the example app");
+        Stack {
+            app: "app".into(),
+            ..self.stack()
+        }
+    }
+
     /// The page through nginx on `web` (records a visit), polled for 120 s.
     pub fn page(&self, web: impl Display) -> String {
         let url = format!("http://{web}/");
