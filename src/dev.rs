@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::commands::{argv, quote, shell, PROJECT_LABEL, SERVICE_LABEL, SPEC_LABEL};
+use crate::commands::{argv, shell, PROJECT_LABEL, SERVICE_LABEL, SPEC_LABEL};
 use crate::templates::ContextFile;
 
 /// The dev container's name beside the service's.
@@ -254,9 +254,34 @@ pub fn bundle(dev: &str) -> String {
     ]))
 }
 
-/// Quote for messages.
-pub fn q(s: &str) -> String {
-    quote(s).into_owned()
+/// Exits 0 when the host has `image`.
+pub fn image_present(image: &str) -> String {
+    format!(
+        "{} >/dev/null",
+        shell(&argv(["docker", "image", "inspect", image]))
+    )
+}
+
+/// Remove `container` if there is one (quietly: none is no error).
+pub fn remove_container(container: &str) -> String {
+    format!(
+        "{} >/dev/null 2>&1 || true",
+        shell(&crate::commands::remove_container(container))
+    )
+}
+
+/// The spec label of `container`, empty when there is none.
+pub fn spec_of(container: &str) -> String {
+    format!(
+        "{} 2>/dev/null || true",
+        shell(&argv([
+            "docker".to_string(),
+            "inspect".into(),
+            "--format".into(),
+            format!("{{{{index .Config.Labels \"{SPEC_LABEL}\"}}}}"),
+            container.into(),
+        ]))
+    )
 }
 
 #[cfg(test)]
@@ -308,6 +333,22 @@ mod tests {
         assert_eq!(after(&p(&["app/controllers/x.rb"])), After::Nothing);
         assert_eq!(after(&p(&["config/routes.rb", "app/x.rb"])), After::Restart);
         assert_eq!(after(&p(&["config/routes.rb", "Gemfile"])), After::Bundle);
+    }
+
+    #[test]
+    fn the_lines_quote_their_words_once() {
+        assert_eq!(
+            spec_of("p-rails"),
+            "docker inspect --format '{{index .Config.Labels \"provision.spec\"}}' p-rails 2>/dev/null || true"
+        );
+        assert_eq!(
+            remove_container("p-rails-dev"),
+            "docker rm --force p-rails-dev >/dev/null 2>&1 || true"
+        );
+        assert_eq!(
+            image_present("p-rails:abc"),
+            "docker image inspect p-rails:abc >/dev/null"
+        );
     }
 
     #[test]

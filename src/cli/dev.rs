@@ -305,28 +305,16 @@ async fn start(
     }])
     .map_err(|e| e.to_string())?;
     run(t, &commands::untar_into(&env_dir), Some(tar)).await?;
-    run(
-        t,
-        &format!("docker image inspect {} >/dev/null", dev::q(&prod.image)),
-        None,
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "image {} is not on {}: run provision first",
-            prod.image, ctx.service.host
-        )
-    })?;
+    run(t, &dev::image_present(&prod.image), None)
+        .await
+        .map_err(|_| {
+            format!(
+                "image {} is not on {}: run provision first",
+                prod.image, ctx.service.host
+            )
+        })?;
     let devc = dev::container_name(&ctx.container);
-    run(
-        t,
-        &format!(
-            "docker rm --force {} >/dev/null 2>&1 || true",
-            dev::q(&devc)
-        ),
-        None,
-    )
-    .await?;
+    run(t, &dev::remove_container(&devc), None).await?;
     eprintln!(
         "{}: starting {devc} (development) from {}",
         ctx.service.host, prod.image
@@ -353,19 +341,7 @@ async fn start(
 
 /// The spec label of the container that serves now, if one does.
 async fn serving_spec(ctx: &Ctx) -> Result<Option<String>, String> {
-    let out = run(
-        ctx.t.as_ref(),
-        &format!(
-            "docker inspect --format {} {} 2>/dev/null || true",
-            dev::q(&format!(
-                "{{{{index .Config.Labels \"{}\"}}}}",
-                commands::SPEC_LABEL
-            )),
-            dev::q(&ctx.container)
-        ),
-        None,
-    )
-    .await?;
+    let out = run(ctx.t.as_ref(), &dev::spec_of(&ctx.container), None).await?;
     let spec = out.trim();
     Ok((!spec.is_empty()).then(|| spec.to_string()))
 }
@@ -570,14 +546,5 @@ async fn restore(ctx: &Ctx, back: Option<&str>) -> Result<(), String> {
         ctx.wait_ready(kept).await?;
         ctx.switch_to(kept).await?;
     }
-    run(
-        t,
-        &format!(
-            "docker rm --force {} >/dev/null 2>&1 || true",
-            dev::q(&devc)
-        ),
-        None,
-    )
-    .await
-    .map(drop)
+    run(t, &dev::remove_container(&devc), None).await.map(drop)
 }
