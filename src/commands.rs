@@ -181,6 +181,54 @@ pub fn probe_extras(project: &str) -> String {
     )
 }
 
+/// The swarm's part of the probe: this node's swarm state and the
+/// managers it knows; on a manager also the nodes (id, address, state,
+/// `provision.host` label), the project's stack services with their spec
+/// label, and the swarm's secrets and configs (names only).
+pub fn swarm_probe(project: &str) -> String {
+    let info = shell(&argv([
+        "docker",
+        "info",
+        "--format",
+        "@swarm {{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}{{println}}@swarm-managers{{range .Swarm.RemoteManagers}}{{println}}{{.Addr}}{{end}}",
+    ]));
+    let nodes = format!(
+        "docker node ls -q | xargs -r {}",
+        shell(&argv([
+            "docker",
+            "node",
+            "inspect",
+            "--format",
+            "{{.ID}} {{.Status.Addr}} {{.Status.State}} {{if .ManagerStatus}}{{.ManagerStatus.Addr}}{{else}}-{{end}} {{index .Spec.Labels \"provision.host\"}}",
+        ]))
+    );
+    let services = format!(
+        "{} | xargs -r {}",
+        shell(&argv([
+            "docker".to_string(),
+            "service".into(),
+            "ls".into(),
+            "-q".into(),
+            "--filter".into(),
+            format!("label=com.docker.stack.namespace={project}"),
+        ])),
+        shell(&argv([
+            "docker",
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.Name}} {{index .Spec.Labels \"provision.spec\"}}",
+        ]))
+    );
+    format!(
+        "s=$({info} 2>/dev/null) || s='@swarm inactive false'; echo \"$s\"; \
+         case \"$s\" in '@swarm active true'*) \
+         echo '@swarm-nodes'; {nodes} 2>/dev/null; echo '@swarm-services'; {services} 2>/dev/null; \
+         echo '@swarm-objects'; docker secret ls --format 'secret {{{{.Name}}}}' 2>/dev/null; \
+         docker config ls --format 'config {{{{.Name}}}}' 2>/dev/null;; esac; true"
+    )
+}
+
 /// The version files of every service's live files (`SERVICE VERSION`
 /// lines), a glob for `cat`.
 fn live_markers(project: &str) -> String {

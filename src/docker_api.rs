@@ -134,6 +134,7 @@ pub async fn probe(
     t: &dyn Transport,
     project: &str,
     bases: &[String],
+    also: &str,
 ) -> Result<Option<String>, String> {
     let filter = label_filter(project);
     let version = match get(t, "/version").await {
@@ -149,7 +150,7 @@ pub async fn probe(
     let networks_path = format!("/networks?filters={filter}");
     // What the API does not know (the firewall chain, failed pulls, the
     // host's clock) comes from one small command, at the same time.
-    let rest = Exec::new(commands::probe_extras(project))
+    let rest = Exec::new(format!("{}; {also}", commands::probe_extras(project)))
         .timeout(Duration::from_secs(30))
         .idempotent(true);
     let base_paths: Vec<String> = bases.iter().map(|b| format!("/images/{b}/json")).collect();
@@ -260,6 +261,61 @@ impl Answers {
         }
         out.push_str(extras);
         Some(out)
+    }
+}
+
+/// One POST of a JSON body on the API socket of the host behind `t`.
+/// `Err`: the API cannot be used there (the caller may fall back to
+/// commands); `Ok(Err)`: Docker refused, with its message.
+pub async fn post_json(
+    t: &dyn Transport,
+    path: &str,
+    body: &Value,
+    deadline: Duration,
+) -> Result<Result<(), String>, String> {
+    let call = async {
+        let stream = t
+            .unix_stream(SOCKET)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no socket stream")?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, http_body_util::Full<Bytes>>(io)
+                .await
+                .map_err(|e| format!("docker API: {e}"))?;
+        let _stop_driver = AbortOnDrop(tokio::spawn(conn));
+        let req = hyper::Request::post(path)
+            .header("Host", "docker")
+            .header("Content-Type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("docker API: {e}"))?;
+        let status = resp.status();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("docker API: {e}"))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(Ok(()));
+        }
+        let message = serde_json::from_slice::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_string());
+        Ok(Err(message))
+    };
+    match tokio::time::timeout(deadline, call).await {
+        Ok(r) => r,
+        Err(_) => Ok(Err(format!(
+            "Docker API POST {path}: no answer within {} s",
+            deadline.as_secs()
+        ))),
     }
 }
 

@@ -160,10 +160,16 @@ pub async fn probe_host(
         .collect();
     bases.insert(crate::backup::DATA_IMAGE.to_string());
     let bases: Vec<String> = bases.into_iter().collect();
-    if let Some(text) = crate::docker_api::probe(t, project, &bases).await? {
+    // A swarm node also says where it stands in the swarm.
+    let also = if plan.steps.iter().any(|s| s.kind() == StepKind::Swarm) {
+        commands::swarm_probe(project)
+    } else {
+        "true".to_string()
+    };
+    if let Some(text) = crate::docker_api::probe(t, project, &bases, &also).await? {
         return Ok(HostState::parse(&text));
     }
-    let line = commands::probe(project, &bases);
+    let line = format!("{}; {also}", commands::probe(project, &bases));
     match t
         .exec(
             Exec::new(line)
@@ -238,7 +244,14 @@ pub async fn execute_with(
     let known: HashSet<StepId> = all_steps.iter().map(|s| s.id.clone()).collect();
     drop(states);
 
-    // Phase 3: every host at once.
+    // Phase 3: every host at once. A step may read from another host (a
+    // swarm's join token, an image built there): the connections by name.
+    let peers: Arc<HashMap<String, Arc<dyn Transport>>> = Arc::new(
+        hosts
+            .iter()
+            .filter_map(|h| Some((h.plan.host.clone(), h.transport.as_ref().ok()?.clone())))
+            .collect(),
+    );
     let board = Arc::new(Board::default());
     let pending = Arc::new(pending);
     let excluded = Arc::new(excluded);
@@ -251,8 +264,10 @@ pub async fn execute_with(
         let known = known.clone();
         let opts = opts.clone();
         let project = plan.project.clone();
+        let peers = peers.clone();
         async move {
             let mut ctx = HostRun {
+                peers,
                 host: h.plan.host.clone(),
                 address: h.plan.address.clone(),
                 project,
@@ -300,6 +315,8 @@ struct Running {
 }
 
 struct HostRun {
+    /// Every connected host of the run, by name.
+    peers: Arc<HashMap<String, Arc<dyn Transport>>>,
     host: String,
     address: String,
     project: String,
@@ -697,6 +714,23 @@ impl HostRun {
                     let tar = tar_of(files).map_err(|e| format!("cannot pack {dir}: {e}"))?;
                     self.exec(t, &commands::untar_into(dir), Some(tar), deadline)
                         .await?
+                }
+                Action::Relay { from, image } => {
+                    let source = self.peers.get(from).ok_or_else(|| {
+                        format!("cannot load {image} from {from}: no connection to {from}")
+                    })?;
+                    crate::images::relay(source.as_ref(), t, image).await?
+                }
+                Action::SwarmJoin {
+                    manager,
+                    remote,
+                    advertise,
+                    role,
+                } => {
+                    let m = self.peers.get(manager).ok_or_else(|| {
+                        format!("cannot join the swarm: no connection to its manager {manager}")
+                    })?;
+                    crate::swarm_join::join(m.as_ref(), t, remote, advertise, role).await?
                 }
                 Action::WaitReady {
                     line,

@@ -24,6 +24,8 @@ pub struct Guard {
     pub bind: String,
     /// Addresses (or names) admitted.
     pub allowed: Vec<String>,
+    /// A UDP port (a swarm's gossip and VXLAN); TCP otherwise.
+    pub udp: bool,
 }
 
 /// The project's chain hooked into DOCKER-USER (published ports Docker
@@ -57,21 +59,22 @@ fn rules(project: &str, guards: &[Guard], v6: bool) -> String {
     for g in guards {
         let allowed: Vec<&String> = g.allowed.iter().filter(|a| is_v6(a) == v6).collect();
         let port = g.port;
+        let proto = if g.udp { "udp" } else { "tcp" };
         // Matched by the original destination, before Docker's DNAT.
         let (fwd_match, in_match) = if is_v6(&g.bind) == v6 {
             let b = &g.bind;
             (
                 format!(
-                    "-p tcp -m conntrack --ctorigdst {b} --ctorigdstport {port} --ctdir ORIGINAL"
+                    "-p {proto} -m conntrack --ctorigdst {b} --ctorigdstport {port} --ctdir ORIGINAL"
                 ),
-                format!("-p tcp -d {b} --dport {port}"),
+                format!("-p {proto} -d {b} --dport {port}"),
             )
         } else {
             // Not published in this family at all; should a listener
             // appear on it anyway (another bind, a proxy), it stays closed.
             (
-                format!("-p tcp -m conntrack --ctorigdstport {port} --ctdir ORIGINAL"),
-                format!("-p tcp --dport {port}"),
+                format!("-p {proto} -m conntrack --ctorigdstport {port} --ctdir ORIGINAL"),
+                format!("-p {proto} --dport {port}"),
             )
         };
         for (chain, m) in [(&fwd, &fwd_match), (&inp, &in_match)] {
@@ -181,6 +184,7 @@ mod tests {
             port: 5432,
             bind: "10.0.0.11".into(),
             allowed: vec!["10.0.0.10".into(), "fd00::10".into()],
+            udp: false,
         }
     }
 

@@ -144,6 +144,42 @@ pub async fn ship(t: &dyn Transport, image: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `docker save IMAGE` on the host behind `from` streamed into `docker
+/// load` on the host behind `to` (through this computer, never to disk).
+pub async fn relay(from: &dyn Transport, to: &dyn Transport, image: &str) -> Result<(), String> {
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let save = from.exec(
+        Exec::new(crate::commands::shell(&crate::commands::argv([
+            "docker", "save", image,
+        ])))
+        .stdout_to(Box::new(writer))
+        .timeout(Duration::from_secs(900)),
+    );
+    let load = to.exec(
+        Exec::new("docker load")
+            .stdin_reader(Box::new(reader))
+            .timeout(Duration::from_secs(900)),
+    );
+    let (saved, loaded) = tokio::join!(save, load);
+    let saved = saved.map_err(|e| format!("docker save {image} on {}: {e}", from.name()))?;
+    if !saved.success() {
+        return Err(format!(
+            "docker save {image} on {} failed: {}",
+            from.name(),
+            last_line(&saved.stderr_str())
+        ));
+    }
+    let loaded = loaded.map_err(|e| e.to_string())?;
+    if !loaded.success() {
+        return Err(format!(
+            "docker load of {image} from {} failed: {}",
+            from.name(),
+            last_line(&loaded.stderr_str())
+        ));
+    }
+    Ok(())
+}
+
 fn last_line(s: &str) -> String {
     s.lines()
         .rev()

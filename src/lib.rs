@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod session;
 pub mod status;
+pub mod swarm_join;
 pub mod templates;
 pub mod timing;
 pub mod transport;

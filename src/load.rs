@@ -138,10 +138,12 @@ pub fn load(
         // A service used from another host is reached on a published port
         // that maps to the port its template listens on.
         if let Some(port) = t.manifest.port {
-            let cross_host_users = inv.services.iter().any(|c| {
-                c.host != s.host
-                    && (c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name))
-            });
+            // A swarm's services reach each other on its overlay network.
+            let cross_host_users = !inv.swarm()
+                && inv.services.iter().any(|c| {
+                    c.host != s.host
+                        && (c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name))
+                });
             if cross_host_users
                 && !s.publish.is_empty()
                 && !s.publish.iter().any(|p| p.container_port == port)
@@ -216,6 +218,10 @@ pub fn load(
         }
     }
 
+    if problems.is_empty() && inv.swarm() {
+        problems.extend(swarm_checks(&inv));
+    }
+
     let secrets = match secrets::resolve(&inv, env, generate) {
         Ok(s) => Some(s),
         Err(mut d) => {
@@ -258,4 +264,66 @@ fn needed_secrets_hint(
         }
     }
     hint
+}
+
+/// What a swarm cannot do with a service as hosts.toml places it: its
+/// volumes are local to one node, and a host-mode port is one per node.
+fn swarm_checks(inv: &Inventory) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for s in &inv.services {
+        let base = format!("services.{}", s.name);
+        let replicas = s.replicas.unwrap_or(1);
+        if !s.volumes.is_empty() && !s.pinned {
+            out.push(inv.diagnostic(
+                &base,
+                format!(
+                    "service `{}` keeps data in volume {}, which lives on one node: pin it to that node",
+                    s.name, s.volumes[0].volume
+                ),
+                Some(format!(
+                    "add host = \"{}\" (or another host) to [{base}]",
+                    inv.managers().first().map(|h| h.name.as_str()).unwrap_or("NODE")
+                )),
+            ));
+        }
+        if replicas > 1 && !s.volumes.is_empty() {
+            out.push(inv.diagnostic(
+                &format!("{base}.replicas"),
+                format!(
+                    "service `{}` keeps data in volume {}: two tasks must not write it at once",
+                    s.name, s.volumes[0].volume
+                ),
+                Some("run one task of a stateful service (remove `replicas`)".into()),
+            ));
+        }
+        if replicas > 1 && !s.publish.is_empty() {
+            out.push(inv.diagnostic(
+                &format!("{base}.replicas"),
+                format!(
+                    "service `{}` publishes port {} on its node, which one task can hold",
+                    s.name, s.publish[0].host_port
+                ),
+                Some("publish the port of a one-task service in front of it (Nginx), or remove `replicas`".into()),
+            ));
+        }
+        if !s.volumes_from.is_empty() {
+            out.push(inv.diagnostic(
+                &format!("{base}.volumes_from"),
+                "a swarm service cannot mount a data container's volumes",
+                Some("mount named volumes instead: volumes = [\"NAME:/path\"]".into()),
+            ));
+        }
+        if let Some(l) = &s.logs_to {
+            if inv.service(l).is_some_and(|p| !p.pinned) {
+                out.push(inv.diagnostic(
+                    &format!("{base}.logs_to"),
+                    format!(
+                        "Docker's log driver reaches `{l}` at a node's address: pin `{l}` to a node"
+                    ),
+                    Some(format!("add host = \"NODE\" to [services.{l}]")),
+                ));
+            }
+        }
+    }
+    out
 }

@@ -110,6 +110,23 @@ pub fn text(plan: &Plan, only: Option<&str>) -> String {
                             let _ = writeln!(out, "      upload {dir} ({shown})");
                         }
                     }
+                    Action::Relay { from, image } => {
+                        let _ = writeln!(
+                            out,
+                            "      load {image} from {from} (docker save there | docker load here)"
+                        );
+                    }
+                    Action::SwarmJoin {
+                        manager,
+                        remote,
+                        advertise,
+                        role,
+                    } => {
+                        let _ = writeln!(
+                            out,
+                            "      join the swarm at {remote} as a {role}, advertising {advertise} (the join token is read from {manager} over SSH)"
+                        );
+                    }
                     Action::WaitReady {
                         line, timeout_secs, ..
                     } => {
@@ -158,6 +175,22 @@ fn why(plan: &Plan, sel: &Selection, only: &str, s: &Step) -> String {
 fn condition(c: &Condition) -> String {
     match c {
         Condition::DockerNotRunning => "Docker is missing or not running".into(),
+        Condition::SwarmInactive => "the node is in no swarm".into(),
+        Condition::SwarmOutside { manager } => {
+            format!("the node is not in the swarm of {manager}")
+        }
+        Condition::NodesDiffer { expected } => format!(
+            "the swarm's nodes are not {} (each ready and labelled provision.host), or a replaced node is left",
+            expected
+                .iter()
+                .map(|(a, n)| format!("{n} at {a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Condition::SwarmObjectMissing { kind, name } => format!("the swarm has no {kind} {name}"),
+        Condition::ServiceOutdated { name, spec } => {
+            format!("service {name} is missing or not spec {spec}")
+        }
         Condition::NetworkMissing { name } => format!("network {name} is missing"),
         Condition::VolumeMissing { name } => format!("volume {name} is missing"),
         Condition::ContainerMissing { name } => format!("container {name} is missing"),

@@ -47,6 +47,43 @@ pub struct HostState {
     pub unpullable: BTreeMap<String, u64>,
     /// The host's clock (epoch s), to judge `unpullable` ages.
     pub now: u64,
+    /// Where it stands in a swarm (asked only of a swarm's nodes).
+    pub swarm: SwarmState,
+}
+
+/// A node's view of its swarm.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SwarmState {
+    /// `active` once it is a node; `inactive`, `pending`, `error`, `locked`.
+    pub state: String,
+    /// It is a manager (it answers for the swarm).
+    pub manager: bool,
+    /// `ADDR:PORT` of the managers it knows.
+    pub managers: Vec<String>,
+    /// On a manager: every node of the swarm.
+    pub nodes: Vec<SwarmNode>,
+    /// On a manager: the project's stack services and their spec labels.
+    pub services: BTreeMap<String, String>,
+    /// On a manager: `secret NAME` / `config NAME` of the swarm.
+    pub objects: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmNode {
+    pub id: String,
+    /// The address the swarm sees it at (a manager's own address when
+    /// Docker reports 0.0.0.0).
+    pub addr: String,
+    /// `ready`, `down`, ...
+    pub state: String,
+    /// Its `provision.host` label.
+    pub label: String,
+}
+
+impl SwarmState {
+    pub fn active(&self) -> bool {
+        self.state == "active"
+    }
 }
 
 impl HostState {
@@ -63,6 +100,7 @@ impl HostState {
             bases: BTreeSet::new(),
             unpullable: BTreeMap::new(),
             now: 0,
+            swarm: SwarmState::default(),
         };
         let mut section = "";
         let mut marker = None;
@@ -77,6 +115,13 @@ impl HostState {
                 };
                 continue;
             }
+            if let Some(rest) = line.strip_prefix("@swarm ") {
+                let mut w = rest.split_whitespace();
+                s.swarm.state = w.next().unwrap_or_default().to_string();
+                s.swarm.manager = w.next() == Some("true");
+                section = "";
+                continue;
+            }
             if let Some(now) = line.strip_prefix("@now ") {
                 s.now = now.trim().parse().unwrap_or(0);
                 continue;
@@ -84,7 +129,8 @@ impl HostState {
             if let Some(name) = line.strip_prefix('@') {
                 section = match name {
                     "images" | "containers" | "networks" | "volumes" | "firewall" | "bases"
-                    | "unpullable" | "config" => name,
+                    | "unpullable" | "config" | "swarm-managers" | "swarm-nodes"
+                    | "swarm-services" | "swarm-objects" => name,
                     _ => "",
                 };
                 continue;
@@ -127,6 +173,36 @@ impl HostState {
                 }
                 "bases" => {
                     s.bases.insert(line.to_string());
+                }
+                "swarm-managers" => s.swarm.managers.push(line.trim().to_string()),
+                "swarm-nodes" => {
+                    let w: Vec<&str> = line.split_whitespace().collect();
+                    if w.len() >= 4 {
+                        // A manager may report 0.0.0.0 as its status
+                        // address; its manager address is right.
+                        let addr = if w[1] == "0.0.0.0" && w[3] != "-" {
+                            w[3].rsplit_once(':').map(|(a, _)| a).unwrap_or(w[3])
+                        } else {
+                            w[1]
+                        };
+                        s.swarm.nodes.push(SwarmNode {
+                            id: w[0].to_string(),
+                            addr: addr.to_string(),
+                            state: w[2].to_string(),
+                            label: w.get(4).unwrap_or(&"").to_string(),
+                        });
+                    }
+                }
+                "swarm-services" => {
+                    let mut w = line.split_whitespace();
+                    if let Some(name) = w.next() {
+                        s.swarm
+                            .services
+                            .insert(name.to_string(), w.next().unwrap_or_default().to_string());
+                    }
+                }
+                "swarm-objects" => {
+                    s.swarm.objects.insert(line.trim().to_string());
                 }
                 "config" => {
                     if let Some((service, version)) = line.split_once(' ') {
@@ -181,7 +257,38 @@ impl HostState {
                 None => true,
             },
             Condition::Always => true,
+            Condition::SwarmInactive => !self.swarm.active(),
+            Condition::SwarmOutside { manager } => {
+                !self.swarm.active() || !self.swarm.managers.iter().any(|m| m == manager)
+            }
+            Condition::NodesDiffer { expected } => self.nodes_differ(expected),
+            Condition::SwarmObjectMissing { kind, name } => {
+                !self.swarm.objects.contains(&format!("{kind} {name}"))
+            }
+            Condition::ServiceOutdated { name, spec } => {
+                self.swarm.services.get(name) != Some(spec)
+            }
         }
+    }
+
+    /// The swarm's nodes are not each host once, ready and labelled with its
+    /// name, or a node is left that no host is (replaced, or gone from
+    /// hosts.toml and down).
+    fn nodes_differ(&self, expected: &BTreeMap<String, String>) -> bool {
+        let nodes = &self.swarm.nodes;
+        let labelled = expected.iter().all(|(addr, name)| {
+            nodes
+                .iter()
+                .any(|n| &n.addr == addr && n.state == "ready" && &n.label == name)
+        });
+        let stale = nodes.iter().any(|n| {
+            n.state != "ready"
+                && (!expected.contains_key(&n.addr)
+                    || nodes
+                        .iter()
+                        .any(|o| o.id != n.id && o.addr == n.addr && o.state == "ready"))
+        });
+        !labelled || stale
     }
 
     /// An existing container with the right spec that is merely stopped can

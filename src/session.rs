@@ -498,6 +498,7 @@ mod tests {
             sudo,
             docker: inventory::DockerSource::Distro,
             machine: None,
+            role: None,
         }
     }
 

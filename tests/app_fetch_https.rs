@@ -204,6 +204,8 @@ fn plan_texts(plan: &Plan) -> Vec<String> {
                 }
                 Action::Upload { shown, .. } => texts.push(shown.clone()),
                 Action::WaitReady { line, .. } => texts.push(line.clone()),
+                Action::Relay { image, .. } => texts.push(image.clone()),
+                Action::SwarmJoin { remote, .. } => texts.push(remote.clone()),
             }
         }
     }

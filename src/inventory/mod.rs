@@ -41,11 +41,29 @@ pub struct Inventory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
     pub name: String,
+    /// How services run: one Docker engine per host (the default), or one
+    /// swarm of every host (`mode = "swarm"`).
+    pub mode: Mode,
     /// Keys, known_hosts, generated secrets, logs and backups live here.
     pub state_dir: PathBuf,
     pub secrets_file: PathBuf,
     /// A project known_hosts file checked besides ~/.ssh/known_hosts.
     pub known_hosts: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Plain,
+    Swarm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Manager,
+    Worker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +115,9 @@ pub struct Host {
     pub docker: DockerSource,
     /// Set when provision creates this host as a local playground machine.
     pub machine: Option<LocalMachine>,
+    /// Its role in the swarm (`role = "manager"`); `None` where hosts.toml
+    /// does not say.
+    pub role: Option<Role>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +177,13 @@ pub struct VolumeMount {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
+    /// The host it runs on; in swarm mode, for a service hosts.toml does not
+    /// pin, the first manager (where its image is built and its steps run).
     pub host: String,
+    /// hosts.toml names its host (always so outside swarm mode).
+    pub pinned: bool,
+    /// Swarm mode: how many tasks run it.
+    pub replicas: Option<u32>,
     pub template: TemplateRef,
     pub vars: BTreeMap<String, VarValue>,
     pub publish: Vec<Publish>,
@@ -239,6 +266,39 @@ impl Inventory {
                 names.join(", ")
             )
         })
+    }
+
+    pub fn swarm(&self) -> bool {
+        self.project.mode == Mode::Swarm
+    }
+
+    /// The swarm's managers: those hosts.toml marks, else the first host.
+    pub fn managers(&self) -> Vec<&Host> {
+        let marked: Vec<&Host> = self
+            .hosts
+            .iter()
+            .filter(|h| h.role == Some(Role::Manager))
+            .collect();
+        if marked.is_empty() {
+            self.hosts.iter().take(1).collect()
+        } else {
+            marked
+        }
+    }
+
+    /// What is legal but unwise in hosts.toml, for the user to read.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let managers = self.managers().len();
+        if self.swarm() && managers > 1 && managers.is_multiple_of(2) {
+            out.push(format!(
+                "{}: {managers} managers: a swarm keeps its quorum with a majority of them, so \
+                 {managers} tolerate no more losses than {}; use an odd number",
+                self.file.display(),
+                managers - 1
+            ));
+        }
+        out
     }
 
     pub fn services_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Service> + 'a {

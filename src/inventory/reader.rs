@@ -15,7 +15,7 @@ use crate::diagnostics::{suggest, Collector, Diagnostic};
 type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["project", "app", "secrets", "hosts", "services", "data"];
-const PROJECT_KEYS: &[&str] = &["name", "state_dir", "secrets_file", "known_hosts"];
+const PROJECT_KEYS: &[&str] = &["name", "mode", "state_dir", "secrets_file", "known_hosts"];
 const APP_KEYS: &[&str] = &["source", "token", "include"];
 const SECRET_KEYS: &[&str] = &["generate"];
 const HOST_KEYS: &[&str] = &[
@@ -31,6 +31,7 @@ const HOST_KEYS: &[&str] = &[
     "machine",
     "init",
     "forward",
+    "role",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "host",
@@ -48,6 +49,7 @@ const SERVICE_KEYS: &[&str] = &[
     "public",
     "ready_timeout",
     "replace",
+    "replicas",
 ];
 const DATA_KEYS: &[&str] = &["host", "paths"];
 
@@ -57,6 +59,7 @@ pub fn parse(file: &Path, source: &str) -> Result<Inventory, Vec<Diagnostic>> {
     let mut r = Reader {
         c: Collector::new(file, source),
         spans: HashMap::new(),
+        mode: Mode::Plain,
     };
     let doc = match DeTable::parse(source) {
         Ok(doc) => doc,
@@ -81,11 +84,22 @@ pub fn parse(file: &Path, source: &str) -> Result<Inventory, Vec<Diagnostic>> {
     r.check_keys(top, "", TOP_KEYS);
 
     let project = r.project(top.get("project"), &root);
+    r.mode = project.mode;
     let (app, app_include) = r.app(top.get("app"));
     let secrets = r.secrets(top.get("secrets"));
     let hosts = r.hosts(top.get("hosts"), doc.span());
     let data = r.data(top.get("data"));
-    let services = r.services(top.get("services"), doc.span());
+    let mut services = r.services(top.get("services"), doc.span());
+    // An unpinned swarm service is planned from the first manager.
+    let first_manager = hosts
+        .iter()
+        .find(|h| h.role == Some(Role::Manager))
+        .or(hosts.first())
+        .map(|h| h.name.clone())
+        .unwrap_or_default();
+    for s in services.iter_mut().filter(|s| !s.pinned) {
+        s.host = first_manager.clone();
+    }
 
     let mut inv = Inventory {
         file: file.to_path_buf(),
@@ -112,6 +126,8 @@ pub fn parse(file: &Path, source: &str) -> Result<Inventory, Vec<Diagnostic>> {
 struct Reader<'s> {
     c: Collector<'s>,
     spans: HashMap<String, Range<usize>>,
+    /// The project's mode, read first: some keys exist only in swarm mode.
+    mode: Mode,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -343,6 +359,7 @@ impl<'s> Reader<'s> {
     fn project(&mut self, v: Option<&Value>, root: &Path) -> Project {
         let defaults = |name: String| Project {
             name,
+            mode: Mode::Plain,
             state_dir: root.join(".provision"),
             secrets_file: root.join(".provision/secrets.env"),
             known_hosts: root.join(".provision/known_hosts"),
@@ -368,6 +385,13 @@ impl<'s> Reader<'s> {
             None => "provision".into(),
         };
         let mut p = defaults(name);
+        if let Some(m) = self.string(t, "mode", "project") {
+            match m.as_str() {
+                "plain" => {}
+                "swarm" => p.mode = Mode::Swarm,
+                other => self.bad_choice("project.mode", other, &["plain", "swarm"]),
+            }
+        }
         if let Some(s) = self.nonempty_string(t, "state_dir", "project") {
             p.state_dir = resolve_path(root, &s);
             p.secrets_file = p.state_dir.join("secrets.env");
@@ -683,7 +707,30 @@ impl<'s> Reader<'s> {
                 None
             }
         };
+        let role = match self.string(t, "role", path).as_deref() {
+            None => None,
+            Some(r) if self.mode != Mode::Swarm => {
+                let p = join(path, "role");
+                self.c.error_with_hint(
+                    self.spans[&p].clone(),
+                    p,
+                    format!(
+                        "`role = \"{r}\"` is a swarm node's role, and this project is not a swarm"
+                    ),
+                    "add mode = \"swarm\" to [project], or remove this key",
+                );
+                None
+            }
+            Some("manager") => Some(Role::Manager),
+            Some("worker") => Some(Role::Worker),
+            Some(other) => {
+                let p = join(path, "role");
+                self.bad_choice(&p, other, &["manager", "worker"]);
+                None
+            }
+        };
         Some(Host {
+            role,
             name,
             address: address?,
             private_address,
@@ -810,7 +857,13 @@ impl<'s> Reader<'s> {
     ) -> Option<Service> {
         self.check_keys(t, path, SERVICE_KEYS);
         let host = self.nonempty_string(t, "host", path);
-        if t.get("host").is_none() {
+        let pinned = host.is_some();
+        let host = if self.mode == Mode::Swarm && t.get("host").is_none() {
+            Some(String::new())
+        } else {
+            host
+        };
+        if t.get("host").is_none() && self.mode != Mode::Swarm {
             self.c.error_with_hint(
                 span.clone(),
                 join(path, "host"),
@@ -1010,10 +1063,31 @@ impl<'s> Reader<'s> {
         let public = self.boolean(t, "public", path).unwrap_or(false);
         let ready_timeout = self.seconds(t, "ready_timeout", path);
         let replace = self.replace(t, path);
+        let replicas = self
+            .bounded(
+                t,
+                "replicas",
+                path,
+                1..=1000,
+                |n| format!("{n} replicas is out of range 1-1000"),
+                "a number of tasks from 1 to 1000",
+            )
+            .map(|n| n as u32);
+        if replicas.is_some() && self.mode != Mode::Swarm {
+            let p = join(path, "replicas");
+            self.c.error_with_hint(
+                self.spans[&p].clone(),
+                p,
+                "`replicas` runs a service's tasks over a swarm's nodes, and this project is not a swarm",
+                "add mode = \"swarm\" to [project], or remove this key",
+            );
+        }
 
         Some(Service {
             name,
             host: host?,
+            pinned,
+            replicas,
             template,
             vars,
             publish,
@@ -1190,7 +1264,11 @@ fn cross_checks(inv: &Inventory, c: &mut Collector) {
                     unknown(c, path, "service", u, &service_names);
                     continue;
                 };
-                if field == "uses" && target.host != s.host && target.publish.is_empty() {
+                if field == "uses"
+                    && !inv.swarm()
+                    && target.host != s.host
+                    && target.publish.is_empty()
+                {
                     c.error_with_hint(
                         inv.span(&path),
                         path,

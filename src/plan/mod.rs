@@ -24,7 +24,7 @@ use crate::firewall;
 use crate::inventory::{Inventory, Service};
 use crate::load::Loaded;
 use crate::reach::{self, PortReach, Reach};
-use crate::runtime::{Engine, HostWork, Runtime};
+use crate::runtime::{Engine, HostWork, Runtime, Swarm};
 use crate::templates::{ContextFile, UsedService};
 
 pub use crate::runtime::engine::{container_name, data_container_name, DATA_IMAGE};
@@ -64,6 +64,15 @@ pub enum StepKind {
     Config,
     Run,
     Ready,
+    /// Swarm mode: the node inits or joins the swarm.
+    Swarm,
+    /// Swarm mode, on the first manager: every node labelled with its host
+    /// name, replaced nodes removed.
+    Nodes,
+    /// Swarm mode: a Docker secret or config, by its versioned name.
+    Secret,
+    /// Swarm mode: an image built on another node loaded on this one.
+    Ship,
 }
 
 impl StepKind {
@@ -79,6 +88,10 @@ impl StepKind {
             StepKind::Config => "config",
             StepKind::Run => "run",
             StepKind::Ready => "ready",
+            StepKind::Swarm => "swarm",
+            StepKind::Nodes => "nodes",
+            StepKind::Secret => "secret",
+            StepKind::Ship => "ship",
         }
     }
 }
@@ -189,6 +202,28 @@ pub enum Condition {
     },
     /// Every run: readiness of a service others wait for.
     Always,
+    /// The node is in no swarm (the first manager inits one).
+    SwarmInactive,
+    /// The node is not in the swarm of the manager at `manager`
+    /// (`ADDR:2377`).
+    SwarmOutside {
+        manager: String,
+    },
+    /// The nodes are not each host (address -> host name) once, ready and
+    /// labelled.
+    NodesDiffer {
+        expected: BTreeMap<String, String>,
+    },
+    /// The swarm has no `kind` (secret, config) called `name`.
+    SwarmObjectMissing {
+        kind: String,
+        name: String,
+    },
+    /// The stack service `name` is missing or labelled with another spec.
+    ServiceOutdated {
+        name: String,
+        spec: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +255,18 @@ pub enum Action {
         /// does not get ready, so the old one goes on serving alone.
         #[serde(skip)]
         discard: bool,
+    },
+    /// Load `image` from the engine of host `from` (`docker save` there
+    /// streamed into `docker load` here).
+    Relay { from: String, image: String },
+    /// Join the swarm of the manager `manager` (a host name) at `remote`
+    /// (`ADDR:2377`) as `role`, advertising `advertise`; the join token is
+    /// read from the manager over SSH and never shown.
+    SwarmJoin {
+        manager: String,
+        remote: String,
+        advertise: String,
+        role: String,
     },
     /// Fetch the app tarball on the host with a curl config file (0600)
     /// that carries the token, so it is never in argv.
@@ -346,6 +393,36 @@ pub const READY_TIMEOUT_SECS: u64 = 180;
 /// source for templates that take it (read by the caller, so this stays
 /// pure).
 pub fn build(loaded: &Loaded, app_files: &[ContextFile]) -> Result<Plan, Vec<Diagnostic>> {
+    if loaded.inventory.swarm() {
+        let swarm = Swarm::of(&loaded.inventory);
+        let mut plan = build_for(&swarm, loaded, app_files)?;
+        // A swarm's steps run where their ids say (a service's deploy on
+        // the leader, an image's load on each node), in the order that
+        // lets each host go as far as it can without the others.
+        let mut all: Vec<Step> = plan
+            .hosts
+            .iter_mut()
+            .flat_map(|h| h.steps.drain(..))
+            .collect();
+        let order = start_order(&loaded.inventory);
+        all.sort_by_key(|s| {
+            let rank = crate::runtime::swarm::rank(s.kind());
+            // The leader deploys the services in dependency order.
+            let pos = match (s.kind(), s.service()) {
+                (StepKind::Run | StepKind::Ready, Some(svc)) => {
+                    order.iter().position(|o| o == svc).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            };
+            (rank, pos)
+        });
+        for s in all {
+            if let Some(h) = plan.hosts.iter_mut().find(|h| h.host == s.id.host) {
+                h.steps.push(s);
+            }
+        }
+        return Ok(plan);
+    }
     build_for(&Engine, loaded, app_files)
 }
 
@@ -416,7 +493,9 @@ pub fn build_for(
             });
             continue;
         }
-        steps.extend(firewall_step(inv, &host.name, &ports));
+        if !inv.swarm() {
+            steps.extend(firewall_step(inv, &host.name, &ports));
+        }
 
         // Builds first (they need nothing from other hosts), then runs in
         // dependency order.
@@ -463,6 +542,7 @@ fn firewall_step(inv: &Inventory, host: &str, ports: &[PortReach]) -> Option<Ste
                 port: r.host_port,
                 bind: bind.clone(),
                 allowed: peers.iter().map(|p| p.address.clone()).collect(),
+                udp: false,
             }),
             _ => None,
         })
@@ -559,7 +639,8 @@ pub fn client_hosts(inv: &Inventory, s: &Service) -> Vec<String> {
 pub fn local_users(inv: &Inventory, s: &Service) -> Vec<String> {
     inv.services
         .iter()
-        .filter(|c| c.host == s.host && c.name != s.name)
+        // A swarm's services all share its overlay network.
+        .filter(|c| (c.host == s.host || inv.swarm()) && c.name != s.name)
         .filter(|c| c.uses.contains(&s.name) || c.logs_to.as_ref() == Some(&s.name))
         .map(|c| c.name.clone())
         .collect()
@@ -585,6 +666,11 @@ pub fn resolve_use(loaded: &Loaded, consumer: &Service, provider: &Service) -> O
         .templates
         .get(&provider.name)
         .and_then(|t| t.manifest.port);
+    if inv.swarm() {
+        // By its service name, through Swarm's DNS on the overlay network.
+        let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
+        return Some(UsedService::new(provider.name.clone(), port));
+    }
     if consumer.host == provider.host {
         let port = listen.or_else(|| provider.publish.first().map(|p| p.container_port))?;
         // The template's choice, not the service's: a hosts.toml that opts

@@ -193,7 +193,11 @@ pub(super) fn describe(
                 .find(|p| Some(p.container_port) == listen)
                 .or(provider.publish.first());
             match p {
-                Some(p) if provider.host == s.host => Some(format!("127.0.0.1:{}", p.host_port)),
+                // An unpinned swarm task runs on any node: the provider's
+                // node address then.
+                Some(p) if provider.host == s.host && s.pinned => {
+                    Some(format!("127.0.0.1:{}", p.host_port))
+                }
                 Some(p) => inv
                     .host(&provider.host)
                     .map(|h| format!("{}:{}", h.wire_address(), p.host_port)),
@@ -265,6 +269,8 @@ pub(super) fn describe(
         root: root.to_string(),
         host: s.host.clone(),
         name: s.name.clone(),
+        pinned: s.pinned,
+        replicas: s.replicas.unwrap_or(1),
         context: files,
         context_hash: hash,
         bases,

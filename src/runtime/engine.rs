@@ -121,7 +121,7 @@ impl Runtime for Engine {
     }
 }
 
-fn image_tag(s: &ServiceWork) -> String {
+pub(crate) fn image_tag(s: &ServiceWork) -> String {
     format!(
         "{}:{}",
         container_name(&s.project, &s.name),
@@ -130,7 +130,7 @@ fn image_tag(s: &ServiceWork) -> String {
 }
 
 /// Upload the context (fetch the app tarball into it), `docker build`.
-fn build_step(s: &ServiceWork) -> Step {
+pub(crate) fn build_step(s: &ServiceWork) -> Step {
     let (root, project) = (&s.root, &s.project);
     let tag = image_tag(s);
     let build_dir = format!("{root}/build/{}", s.name);

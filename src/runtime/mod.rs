@@ -12,6 +12,7 @@
 //! methods; templates, wiring and secrets stay as they are.
 
 pub mod engine;
+pub mod swarm;
 
 use crate::commands::SecretRef;
 use crate::inventory::{Publish, VolumeMount};
@@ -19,6 +20,7 @@ use crate::plan::{Step, StepId};
 use crate::templates::ContextFile;
 
 pub use engine::Engine;
+pub use swarm::Swarm;
 
 /// What a host holds for its services, whatever runs them.
 #[derive(Debug, Clone)]
@@ -43,6 +45,10 @@ pub struct ServiceWork {
     pub root: String,
     pub host: String,
     pub name: String,
+    /// hosts.toml pins it to `host` (always so outside swarm mode).
+    pub pinned: bool,
+    /// Swarm mode: its number of tasks.
+    pub replicas: u32,
     /// The image's build context (template files and the app), in path
     /// order, and its hash.
     pub context: Vec<ContextFile>,

@@ -1,0 +1,446 @@
+//! Swarm mode (issue 14), end to end on 5 local machines, one manager (n1):
+//! PostGIS pinned to n2, Redis to n3, Nginx to n1 (port 80 in host mode),
+//! Rails with `replicas = 3` spread over the nodes. As a user sees it:
+//!
+//! 1. `provision` from blank machines exits 0; the swarm has 5 ready nodes,
+//!    each labelled `provision.host=<its hosts.toml name>`;
+//! 2. a page visit through Nginx on n1 stores a row in PostGIS on n2;
+//! 3. the three Rails tasks run on three different nodes;
+//! 4. a second run says "Nothing changed" and no task was replaced;
+//! 5. while a client keeps requesting the page, the machine of one Rails
+//!    task (n4 or n5: a node with Rails alone) is stopped: the task runs
+//!    elsewhere within 120 s, the page is served after the reschedule, and
+//!    at most 5% of the requests failed during the loss;
+//! 6. a changed Rails template variable (`puma_threads`) rolls out (a new
+//!    image, one task at a time, start-first) with no failed request.
+//!
+//! Own project prefix `pvswarm` and a 10.229.x.0/24 subnet; the lab removes
+//! its machines even when the test fails. Traffic goes only to the machines
+//! this test creates.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::http::{http_get, http_until, number_after};
+use support::lab::Lab;
+use support::wait::wait_for;
+
+/// Hosts of the swarm, in hosts.toml order, at `.11` to `.15`.
+const NODES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
+
+/// hosts.toml of the swarm; `rails_vars` goes under `[services.rails]`.
+fn hosts(lab: &Lab, rails_vars: &str) -> String {
+    let machines: String = NODES
+        .iter()
+        .zip(11u8..)
+        .map(|(name, last)| {
+            let role = if *name == "n1" {
+                "role = \"manager\"\n"
+            } else {
+                ""
+            };
+            format!(
+                "[hosts.{name}]\nmachine = \"local\"\naddress = \"{}\"\n{role}\n",
+                lab.addr(last)
+            )
+        })
+        .collect();
+    format!(
+        r#"[project]
+name = "{project}"
+mode = "swarm"
+
+[app]
+source = "{app}"
+
+[secrets.PG_PASSWORD]
+generate = true
+
+[secrets.SECRET_KEY_BASE]
+generate = true
+
+{machines}[services.postgis]
+host = "n2"
+template = "postgis"
+volumes = ["pgdata:/var/lib/postgresql/data"]
+secrets = ["PG_PASSWORD"]
+
+[services.redis]
+host = "n3"
+template = "redis"
+volumes = ["redis-data:/data"]
+
+[services.rails]
+template = "rails"
+replicas = 3
+uses = ["postgis", "redis"]
+secrets = ["SECRET_KEY_BASE"]
+env = {{ RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1" }}
+{rails_vars}
+[services.nginx]
+host = "n1"
+template = "nginx"
+publish = ["80"]
+public = true
+uses = ["rails"]
+"#,
+        project = lab.project,
+        app = lab.stack().app,
+    )
+}
+
+/// The swarm service of a hosts.toml service (`docker stack deploy`'s name).
+fn service(lab: &Lab, name: &str) -> String {
+    format!("{}_{name}", lab.project)
+}
+
+/// A node of the swarm as the manager sees it.
+#[derive(Debug, Clone)]
+struct Node {
+    /// Its `provision.host` label (its hostname when it has none).
+    name: String,
+    /// `ready`, `down`, ...
+    state: String,
+}
+
+/// The swarm's nodes by node ID, read on the manager.
+fn nodes(lab: &Lab) -> BTreeMap<String, Node> {
+    let script = "docker node inspect --format \
+        '{{.ID}}|{{.Status.State}}|{{index .Spec.Labels \"provision.host\"}}|{{.Description.Hostname}}' \
+        $(docker node ls -q)";
+    lab.dexec_ok("n1", script)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            assert_eq!(f.len(), 4, "docker node inspect said {line:?}");
+            let name = if f[2].is_empty() || f[2] == "<no value>" {
+                f[3]
+            } else {
+                f[2]
+            };
+            let node = Node {
+                name: name.to_string(),
+                state: f[1].to_string(),
+            };
+            (f[0].to_string(), node)
+        })
+        .collect()
+}
+
+/// A task of a swarm service whose desired state is running.
+#[derive(Debug, Clone)]
+struct Task {
+    id: String,
+    /// The hosts.toml name of its node.
+    node: String,
+    /// Whether its node is `ready`.
+    node_ready: bool,
+    /// `running`, `starting`, `preparing`, ...
+    state: String,
+    image: String,
+}
+
+impl Task {
+    fn up(&self) -> bool {
+        self.node_ready && self.state == "running"
+    }
+}
+
+/// The tasks of `name` (a hosts.toml service) that should run, read on the
+/// manager: `docker service ps` for their IDs, `docker inspect` of each for
+/// its node ID, state and image (node IDs, not hostnames: a node that
+/// rejoined has a new ID under the same hostname).
+fn tasks(lab: &Lab, name: &str) -> Vec<Task> {
+    let script = format!(
+        "ids=$(docker service ps -q --no-trunc --filter desired-state=running {}) && \
+         {{ [ -z \"$ids\" ] || docker inspect --type task \
+         --format '{{{{.ID}}}}|{{{{.NodeID}}}}|{{{{.Status.State}}}}|{{{{.Spec.ContainerSpec.Image}}}}' $ids; }}",
+        service(lab, name)
+    );
+    let out = lab.dexec_ok("n1", &script);
+    let nodes = nodes(lab);
+    out.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            assert_eq!(f.len(), 4, "docker inspect of a task said {line:?}");
+            let node = nodes.get(f[1]);
+            Task {
+                id: f[0].to_string(),
+                node: node.map_or_else(|| format!("?{}", f[1]), |n| n.name.clone()),
+                node_ready: node.is_some_and(|n| n.state == "ready"),
+                state: f[2].to_string(),
+                image: f[3].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The running Rails tasks on ready nodes, polled until there are 3.
+fn three_rails_tasks(lab: &Lab, what: &str, limit: Duration) -> Vec<Task> {
+    wait_for(what, limit, || {
+        let up: Vec<Task> = tasks(lab, "rails").into_iter().filter(Task::up).collect();
+        (up.len() == 3).then_some(up)
+    })
+}
+
+/// A `docker service inspect --format` value of a hosts.toml service.
+fn service_field(lab: &Lab, name: &str, format: &str) -> String {
+    lab.dexec_ok(
+        "n1",
+        &format!(
+            "docker service inspect --format '{format}' {}",
+            service(lab, name)
+        ),
+    )
+}
+
+/// Rows of the app's visits table, counted inside the PostGIS task's
+/// container on n2 (as the postgres user: local connections are `peer`).
+fn rows(lab: &Lab) -> u64 {
+    let script = format!(
+        "docker exec -u postgres \
+         $(docker ps -q -f label=com.docker.swarm.service.name={} | head -n 1) \
+         psql -X -d app -tAc 'select count(*) from visits'",
+        service(lab, "postgis")
+    );
+    let line = lab.dexec_ok("n2", &script);
+    line.parse()
+        .unwrap_or_else(|_| panic!("psql in the postgis task on n2 said {line:?}"))
+}
+
+/// IDs of every running task of the stack (all four services), sorted.
+fn stack_tasks(lab: &Lab) -> BTreeSet<String> {
+    ["postgis", "redis", "rails", "nginx"]
+        .iter()
+        .flat_map(|s| tasks(lab, s))
+        .map(|t| format!("{}@{}", t.id, t.node))
+        .collect()
+}
+
+/// Requests sent through nginx, and the failures among them.
+#[derive(Default)]
+struct Load {
+    sent: u64,
+    failed: Vec<String>,
+}
+
+/// Request `url` back to back until `stop` is set (as tests/rollout.rs).
+fn load(url: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Load>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let r = http_get(&url, None);
+            let mut l = seen.lock().unwrap();
+            l.sent += 1;
+            match r {
+                Ok(body) if body.contains("Total visits") => {}
+                Ok(body) => l.failed.push(format!("unexpected page: {body}")),
+                Err(e) => l.failed.push(e),
+            }
+        }
+    })
+}
+
+/// A load thread on `url`, stopped by [`Client::finish`].
+struct Client {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Load>>,
+    thread: JoinHandle<()>,
+}
+
+impl Client {
+    fn start(url: &str) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Load::default()));
+        let thread = load(url.to_string(), stop.clone(), seen.clone());
+        Client { stop, seen, thread }
+    }
+
+    /// Stop the thread; what it saw.
+    fn finish(self) -> Load {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+#[test]
+fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
+    let lab = Lab::new("pvswarm", 229);
+    lab.write("hosts.toml", &hosts(&lab, ""));
+    let url = format!("http://{}/", lab.addr(11));
+
+    // 1. From blank machines (provision creates them from `machine = "local"`).
+    let cold = lab
+        .provision(&[])
+        .expect(0, "the first run, from blank machines");
+    eprintln!(
+        "MEASURED swarm cold stand-up (5 machines): {:.1} s",
+        cold.secs()
+    );
+    let swarm = nodes(&lab);
+    let ready: BTreeSet<&str> = swarm
+        .values()
+        .filter(|n| n.state == "ready")
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        ready,
+        BTreeSet::from(NODES),
+        "the swarm's ready nodes, by their provision.host label: {swarm:?}"
+    );
+
+    // 2. A visit through nginx on n1 stores a row in PostGIS on n2.
+    let first = number_after(&lab.page(lab.addr(11)), "total");
+    let before = rows(&lab);
+    let second = number_after(&lab.page(lab.addr(11)), "total");
+    let after = rows(&lab);
+    assert!(
+        second > first,
+        "the page's total visits grew: {first} then {second}"
+    );
+    assert!(
+        after > before,
+        "a visit through nginx stored a row in PostGIS on n2: {before} then {after} rows"
+    );
+
+    // 3. Three Rails tasks on three different nodes.
+    let rails = three_rails_tasks(&lab, "3 running rails tasks", Duration::from_secs(120));
+    let on: BTreeSet<&str> = rails.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(
+        on.len(),
+        3,
+        "the three rails tasks run on three different nodes: {rails:?}"
+    );
+
+    // 4. A second run changes nothing.
+    let running = stack_tasks(&lab);
+    let again = lab.provision(&[]).expect(0, "the second run");
+    eprintln!("MEASURED swarm no-op rerun: {:.2} s", again.secs());
+    assert!(
+        again.text().contains("Nothing changed"),
+        "a second run says \"Nothing changed\":\n{}",
+        again.text()
+    );
+    assert_eq!(
+        stack_tasks(&lab),
+        running,
+        "a no-op run replaced a task (task@node before vs after)"
+    );
+
+    // 5. The machine of one Rails task stops, under load.
+    let victim = ["n4", "n5"]
+        .into_iter()
+        .find(|n| on.contains(n))
+        .unwrap_or_else(|| {
+            panic!(
+                "no rails task on n4 or n5 (the nodes without a pinned service), \
+                 so stopping any node would also stop postgis, redis or nginx: {rails:?}"
+            )
+        });
+    let client = Client::start(&url);
+    wait_for(
+        "the load thread's first request",
+        Duration::from_secs(30),
+        || (client.seen.lock().unwrap().sent > 0).then_some(()),
+    );
+    let lost = Instant::now();
+    lab.docker(&["stop", &lab.machine(victim)]);
+    let moved = three_rails_tasks(
+        &lab,
+        &format!("3 rails tasks running on ready nodes after {victim} stopped"),
+        Duration::from_secs(120),
+    );
+    let rescheduled = lost.elapsed();
+    assert!(
+        moved.iter().all(|t| t.node != victim),
+        "no rails task runs on the stopped {victim}: {moved:?}"
+    );
+    let page = http_until(&url, "Total visits", Duration::from_secs(30));
+    assert!(page.contains("Total visits"), "{page}");
+    let l = client.finish();
+    eprintln!(
+        "MEASURED swarm node loss ({victim} stopped): rails rescheduled in {:.1} s; \
+         {} requests, {} failed, e.g. {:?}",
+        rescheduled.as_secs_f64(),
+        l.sent,
+        l.failed.len(),
+        &l.failed[..l.failed.len().min(3)]
+    );
+    assert!(
+        l.sent > 20,
+        "the client kept requesting during the loss: {} requests",
+        l.sent
+    );
+    assert!(
+        l.failed.len() as u64 * 20 <= l.sent,
+        "at most 5% of the requests may fail while {victim} is lost: {} of {} failed, e.g. {:?}",
+        l.failed.len(),
+        l.sent,
+        &l.failed[..l.failed.len().min(3)]
+    );
+
+    // 6. A changed Rails template variable rolls out under load. (The run
+    //    finds the stopped machine; whether it starts it again or not, 3
+    //    tasks fit on the 4 nodes left.)
+    let old_image = service_field(&lab, "rails", "{{.Spec.TaskTemplate.ContainerSpec.Image}}");
+    lab.write("hosts.toml", &hosts(&lab, "vars = { puma_threads = 4 }\n"));
+    let client = Client::start(&url);
+    wait_for(
+        "the load thread's first request",
+        Duration::from_secs(30),
+        || (client.seen.lock().unwrap().sent > 0).then_some(()),
+    );
+    let rollout = lab
+        .provision(&[])
+        .expect(0, "the run with puma_threads = 4");
+    let new_image = service_field(&lab, "rails", "{{.Spec.TaskTemplate.ContainerSpec.Image}}");
+    let rolled = three_rails_tasks(
+        &lab,
+        "3 rails tasks running after the rollout",
+        Duration::from_secs(60),
+    );
+    http_until(&url, "Total visits", Duration::from_secs(30));
+    let l = client.finish();
+    eprintln!(
+        "MEASURED swarm rollout (puma_threads = 4): {:.1} s; {} requests, {} failed, e.g. {:?}",
+        rollout.secs(),
+        l.sent,
+        l.failed.len(),
+        &l.failed[..l.failed.len().min(3)]
+    );
+    assert_ne!(
+        new_image, old_image,
+        "a changed rails variable gives the rails service a new image"
+    );
+    assert!(
+        rolled.iter().all(|t| t.image == new_image),
+        "every running rails task runs the new image {new_image}: {rolled:?}"
+    );
+    let update = service_field(
+        &lab,
+        "rails",
+        "{{.Spec.UpdateConfig.Parallelism}} {{.Spec.UpdateConfig.Order}} \
+         {{.Spec.UpdateConfig.FailureAction}}",
+    );
+    assert_eq!(
+        update, "1 start-first rollback",
+        "rails updates one task at a time, start-first, rolled back on failure"
+    );
+    assert!(
+        l.sent > 20,
+        "the client kept requesting during the rollout: {} requests",
+        l.sent
+    );
+    assert!(
+        l.failed.is_empty(),
+        "{} of {} requests failed during the rollout, e.g. {:?}",
+        l.failed.len(),
+        l.sent,
+        &l.failed[..l.failed.len().min(3)]
+    );
+}
