@@ -556,6 +556,37 @@ pub fn logs(container: &str, opts: &LogsOptions) -> Vec<String> {
     a
 }
 
+/// Swarm mode: `docker service logs` of a stack service on a manager (every
+/// task's lines, each prefixed with its task and node by Docker).
+pub fn service_logs(service: &str, opts: &LogsOptions) -> Vec<String> {
+    let mut a = logs(service, opts);
+    a.insert(1, "service".into());
+    a
+}
+
+/// Swarm mode: `docker exec` in the first running task container of stack
+/// service `service` on this node; exit 125 (Docker's own code for "could
+/// not run") when none runs here.
+pub fn exec_in_task(service: &str, interactive: bool, cmd: &[String]) -> String {
+    let find = shell(&argv([
+        "docker".to_string(),
+        "ps".into(),
+        "-q".into(),
+        "--filter".into(),
+        format!("label=com.docker.swarm.service.name={service}"),
+    ]));
+    let mut exec = argv(["docker", "exec"]);
+    if interactive {
+        exec.push("--interactive".into());
+    }
+    format!(
+        "c=$({find} | head -n1); [ -n \"$c\" ] || {{ echo {} >&2; exit 125; }}; {} \"$c\" {}",
+        quote(&format!("no task of {service} runs on this node")),
+        shell(&exec),
+        shell(cmd)
+    )
+}
+
 /// `docker exec` of a command in a service's container: `-i` keeps its
 /// stdin open, `-t` gives it a terminal. Each word of `cmd` stays one
 /// argument, quoted once by [`shell`].

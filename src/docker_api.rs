@@ -134,7 +134,7 @@ pub async fn probe(
     t: &dyn Transport,
     project: &str,
     bases: &[String],
-    also: &str,
+    swarm: bool,
 ) -> Result<Option<String>, String> {
     let filter = label_filter(project);
     let version = match get(t, "/version").await {
@@ -150,18 +150,20 @@ pub async fn probe(
     let networks_path = format!("/networks?filters={filter}");
     // What the API does not know (the firewall chain, failed pulls, the
     // host's clock) comes from one small command, at the same time.
-    let rest = Exec::new(format!("{}; {also}", commands::probe_extras(project)))
+    let rest = Exec::new(commands::probe_extras(project))
         .timeout(Duration::from_secs(30))
         .idempotent(true);
     let base_paths: Vec<String> = bases.iter().map(|b| format!("/images/{b}/json")).collect();
-    let (images, containers, networks, volumes, extras, base_found) = tokio::join!(
+    let (images, containers, networks, volumes, extras, base_found, swarm_text) = tokio::join!(
         get(t, &images_path),
         get(t, &containers_path),
         get(t, &networks_path),
         get(t, "/volumes"),
         t.exec(rest),
         futures::future::join_all(base_paths.iter().map(|p| get(t, p))),
+        swarm_probe(t, project, swarm),
     );
+    let swarm_text = swarm_text?;
     let base_found = base_found
         .into_iter()
         .map(|r| match r {
@@ -199,7 +201,78 @@ pub async fn probe(
         volumes,
         base_found,
     };
-    Ok(answers.render(bases, &extras))
+    Ok(answers.render(bases, &format!("{extras}{swarm_text}")))
+}
+
+/// The swarm's part of the probe through the API, as the text
+/// [`commands::swarm_probe`] prints: asked only of a swarm's nodes, all at
+/// once (a worker answers the manager-only calls with an error, ignored).
+async fn swarm_probe(t: &dyn Transport, project: &str, swarm: bool) -> Result<String, String> {
+    if !swarm {
+        return Ok(String::new());
+    }
+    let stack = format!("{{\"label\":[\"com.docker.stack.namespace={project}\"]}}");
+    let services_path = format!(
+        "/services?filters={}",
+        utf8_percent_encode(&stack, NON_ALPHANUMERIC)
+    );
+    let (info, nodes, services, secrets, configs) = tokio::join!(
+        get(t, "/info"),
+        get(t, "/nodes"),
+        get(t, &services_path),
+        get(t, "/secrets"),
+        get(t, "/configs"),
+    );
+    let ok = |r: Result<Option<Value>, CallError>| match r {
+        Ok(v) => Ok(v.unwrap_or(Value::Null)),
+        Err(CallError::Hung(m)) => Err(m),
+        Err(CallError::Unusable(_)) => Ok(Value::Null),
+    };
+    let info = ok(info)?;
+    let sw = &info["Swarm"];
+    let manager = sw["ControlAvailable"].as_bool().unwrap_or(false);
+    let mut out = format!(
+        "@swarm {} {manager}\n@swarm-managers\n",
+        sw["LocalNodeState"].as_str().unwrap_or("inactive")
+    );
+    for m in sw["RemoteManagers"].as_array().into_iter().flatten() {
+        out.push_str(m["Addr"].as_str().unwrap_or_default());
+        out.push('\n');
+    }
+    if !manager {
+        return Ok(out);
+    }
+    out.push_str("@swarm-nodes\n");
+    for n in ok(nodes)?.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} {} {} {} {}\n",
+            n["ID"].as_str().unwrap_or("-"),
+            n["Status"]["Addr"].as_str().unwrap_or("-"),
+            n["Status"]["State"].as_str().unwrap_or("-"),
+            n["ManagerStatus"]["Addr"].as_str().unwrap_or("-"),
+            n["Spec"]["Labels"]["provision.host"]
+                .as_str()
+                .unwrap_or_default(),
+        ));
+    }
+    out.push_str("@swarm-services\n");
+    for v in ok(services)?.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} {}\n",
+            v["Spec"]["Name"].as_str().unwrap_or("-"),
+            v["Spec"]["Labels"][SPEC_LABEL].as_str().unwrap_or_default(),
+        ));
+    }
+    out.push_str("@swarm-objects\n");
+    for (kind, list) in [("secret", ok(secrets)?), ("config", ok(configs)?)] {
+        for o in list.as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{kind} {}\n",
+                o["Spec"]["Name"].as_str().unwrap_or("-")
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// What the API said for one probe.

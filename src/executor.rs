@@ -161,12 +161,13 @@ pub async fn probe_host(
     bases.insert(crate::backup::DATA_IMAGE.to_string());
     let bases: Vec<String> = bases.into_iter().collect();
     // A swarm node also says where it stands in the swarm.
-    let also = if plan.steps.iter().any(|s| s.kind() == StepKind::Swarm) {
+    let swarm = plan.steps.iter().any(|s| s.kind() == StepKind::Swarm);
+    let also = if swarm {
         commands::swarm_probe(project)
     } else {
         "true".to_string()
     };
-    if let Some(text) = crate::docker_api::probe(t, project, &bases, &also).await? {
+    if let Some(text) = crate::docker_api::probe(t, project, &bases, swarm).await? {
         return Ok(HostState::parse(&text));
     }
     let line = format!("{}; {also}", commands::probe(project, &bases));

@@ -78,7 +78,7 @@ fn same_state_both_ways(lab: &Lab) {
             let t = SshTransport::connect(provision::run::ssh_target(&loaded.inventory, host))
                 .await
                 .unwrap();
-            let api = provision::docker_api::probe(&t, &plan.project, &bases, "true")
+            let api = provision::docker_api::probe(&t, &plan.project, &bases, false)
                 .await
                 .expect("API probe over SSH in time")
                 .expect("API probe over SSH");

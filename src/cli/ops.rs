@@ -55,8 +55,9 @@ async fn connect_hosts(
 ) -> Vec<(String, Result<Arc<dyn Transport>, String>)> {
     let mut hosts: Vec<&str> = Vec::new();
     for s in services {
-        if !hosts.contains(&s.host.as_str()) {
-            hosts.push(&s.host);
+        let h = where_logs(inv, s);
+        if !hosts.contains(&h) {
+            hosts.push(h);
         }
     }
     session::connect(inv, &hosts)
@@ -64,6 +65,19 @@ async fn connect_hosts(
         .into_iter()
         .map(|o| (o.name, o.transport))
         .collect()
+}
+
+/// Where a service's logs are read: its host; in swarm mode the first
+/// manager, which reads every task's.
+fn where_logs<'a>(inv: &'a Inventory, s: &'a Service) -> &'a str {
+    if inv.swarm() {
+        inv.managers()
+            .first()
+            .map(|h| h.name.as_str())
+            .unwrap_or(&s.host)
+    } else {
+        &s.host
+    }
 }
 
 /// `provision logs [SERVICE...]`: one service's lines as they are; several
@@ -81,7 +95,7 @@ pub(super) async fn logs(inv: &Inventory, names: &[String], opts: LogsOptions) -
     for s in &services {
         let transport = match &conns
             .iter()
-            .find(|(h, _)| *h == s.host)
+            .find(|(h, _)| h == where_logs(inv, s))
             .expect("connected")
             .1
         {
@@ -94,13 +108,24 @@ pub(super) async fn logs(inv: &Inventory, names: &[String], opts: LogsOptions) -
             }
         };
         let container = plan::container_name(&inv.project.name, &s.name);
-        let label = format!("{}/{}", s.host, s.name);
+        let (label, line) = if inv.swarm() {
+            let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
+            (
+                s.name.clone(),
+                commands::shell(&commands::service_logs(&name, &opts)),
+            )
+        } else {
+            (
+                format!("{}/{}", s.host, s.name),
+                commands::shell(&commands::logs(&container, &opts)),
+            )
+        };
         let prefix = if prefixed {
             format!("{label} | ")
         } else {
             String::new()
         };
-        let mut req = Exec::new(commands::shell(&commands::logs(&container, &opts)))
+        let mut req = Exec::new(line)
             .capture(false)
             .on_line(move |stream, line| match stream {
                 Stream::Stdout => println!("{prefix}{line}"),
@@ -158,16 +183,29 @@ pub(super) async fn exec(
         return super::ssh::exec_tty(inv, &s.host, &container, cmd);
     }
     let container = plan::container_name(&inv.project.name, &s.name);
-    let line = commands::shell(&commands::exec(&container, interactive, false, cmd));
-    let opened = session::connect(inv, &[s.host.as_str()]).await;
-    let transport = match opened.into_iter().next().map(|o| o.transport) {
-        Some(Ok(t)) => t,
-        Some(Err(e)) => {
-            // The message names the host already.
-            eprintln!("error: {}: {e}", s.name);
-            return EXIT_FAILED;
+    let (transport, line) = if inv.swarm() {
+        match swarm_task_host(inv, s).await {
+            Ok(found) => found,
+            Err(code) => return code,
         }
-        None => return EXIT_FAILED,
+    } else {
+        let line = commands::shell(&commands::exec(&container, interactive, false, cmd));
+        let opened = session::connect(inv, &[s.host.as_str()]).await;
+        match opened.into_iter().next().map(|o| o.transport) {
+            Some(Ok(t)) => (t, line),
+            Some(Err(e)) => {
+                // The message names the host already.
+                eprintln!("error: {}: {e}", s.name);
+                return EXIT_FAILED;
+            }
+            None => return EXIT_FAILED,
+        }
+    };
+    let line = if inv.swarm() {
+        let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
+        commands::exec_in_task(&name, interactive, cmd)
+    } else {
+        line
     };
     let mut req = Exec::new(line)
         .capture(false)
@@ -196,6 +234,48 @@ pub(super) async fn exec(
         Err(e) => {
             eprintln!("error: {}/{}: {e}", s.host, s.name);
             EXIT_FAILED
+        }
+    }
+}
+
+/// Swarm mode: a node that runs a task of `s` (its pinned node, else the
+/// first in hosts.toml's order that runs one), asked of every node at once.
+async fn swarm_task_host(
+    inv: &Inventory,
+    s: &Service,
+) -> Result<(Arc<dyn Transport>, String), i32> {
+    let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
+    let hosts: Vec<&str> = if s.pinned {
+        vec![s.host.as_str()]
+    } else {
+        inv.hosts.iter().map(|h| h.name.as_str()).collect()
+    };
+    let find = commands::shell(&commands::argv([
+        "docker".to_string(),
+        "ps".into(),
+        "-q".into(),
+        "--filter".into(),
+        format!("label=com.docker.swarm.service.name={name}"),
+    ]));
+    let opened = session::connect(inv, &hosts).await;
+    let asked = join_all(opened.into_iter().map(|o| {
+        let find = find.clone();
+        async move {
+            let t = o.transport.ok()?;
+            let out = t.exec(Exec::new(find)).await.ok()?;
+            (out.success() && !out.stdout_str().trim().is_empty()).then_some(t)
+        }
+    }))
+    .await;
+    match asked.into_iter().flatten().next() {
+        Some(t) => Ok((t, String::new())),
+        None => {
+            eprintln!(
+                "error: no running task of {} found on {}",
+                s.name,
+                hosts.join(", ")
+            );
+            Err(EXIT_FAILED)
         }
     }
 }
