@@ -46,6 +46,9 @@ pub struct Node {
     pub name: String,
     pub address: String,
     pub manager: bool,
+    /// Ports its pinned services publish without `public = true`: only
+    /// the swarm's nodes may connect (a task anywhere may be their user).
+    pub guarded: Vec<u16>,
 }
 
 /// The swarm of every host of the inventory.
@@ -91,6 +94,12 @@ impl Swarm {
                     name: h.name.clone(),
                     address: h.wire_address().to_string(),
                     manager: managers.contains(&h.name) && h.role != Some(Role::Worker),
+                    guarded: inv
+                        .services
+                        .iter()
+                        .filter(|s| s.pinned && s.host == h.name && !s.public)
+                        .flat_map(|s| s.publish.iter().map(|p| p.host_port))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -170,6 +179,7 @@ impl Swarm {
             (4789, true),
         ]
         .into_iter()
+        .chain(node.guarded.iter().map(|p| (*p, false)))
         .map(|(port, udp)| crate::firewall::Guard {
             port,
             bind: node.address.clone(),
@@ -182,7 +192,11 @@ impl Swarm {
         Step::new(
             StepId::host(&node.name, StepKind::Firewall),
             format!(
-                "firewall: the swarm's ports 2377/tcp, 7946/tcp+udp, 4789/udp only from {}",
+                "firewall: the swarm's ports 2377/tcp, 7946/tcp+udp, 4789/udp{} only from {}",
+                node.guarded
+                    .iter()
+                    .map(|p| format!(", published {p}/tcp"))
+                    .collect::<String>(),
                 peers.join(", ")
             ),
             Condition::FirewallDiffers {
