@@ -342,10 +342,32 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         "a no-op run replaced a task (task@node before vs after)"
     );
 
-    // 5. The machine of one Rails task stops, under load.
+    // 5. The machine of one Rails task stops, under load. The scheduler may
+    //    have put every task beside a pinned service; a forced update
+    //    spreads them again (start-first: the new tasks go where the
+    //    service has none), until one runs on n4 or n5.
+    let mut rails = rails;
+    for _ in 0..3 {
+        if rails.iter().any(|t| t.node == "n4" || t.node == "n5") {
+            break;
+        }
+        lab.dexec_ok(
+            "n1",
+            &format!(
+                "docker service update --force --quiet {} >/dev/null",
+                service(&lab, "rails")
+            ),
+        );
+        rails = three_rails_tasks(
+            &lab,
+            "3 rails tasks after a forced update",
+            Duration::from_secs(180),
+        );
+    }
+    let on: BTreeSet<String> = rails.iter().map(|t| t.node.clone()).collect();
     let victim = ["n4", "n5"]
         .into_iter()
-        .find(|n| on.contains(n))
+        .find(|n| on.contains(*n))
         .unwrap_or_else(|| {
             panic!(
                 "no rails task on n4 or n5 (the nodes without a pinned service), \
