@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -74,23 +74,41 @@ async fn get_unbounded(
     socket: &str,
     path: &str,
 ) -> Result<Option<Value>, String> {
+    let req = hyper::Request::get(path)
+        .header("Host", "docker")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let (status, body) = call(t, socket, req).await?;
+    if status == hyper::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(format!("docker API {path}: {status}"));
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("docker API {path}: {e}"))
+}
+
+/// One HTTP request on the API socket `socket` of the host behind `t`:
+/// its status and body. Unbounded: callers set the deadline.
+async fn call(
+    t: &dyn Transport,
+    socket: &str,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), String> {
     let stream = t
         .unix_stream(socket)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no socket stream")?;
     let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
         .await
         .map_err(|e| format!("docker API: {e}"))?;
-    let driver = tokio::spawn(conn);
     // The connection task ends with this call, also when the deadline
     // drops it midway.
-    let _stop_driver = AbortOnDrop(driver);
-    let req = hyper::Request::get(path)
-        .header("Host", "docker")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+    let _stop_driver = AbortOnDrop(tokio::spawn(conn));
     let resp = sender
         .send_request(req)
         .await
@@ -102,15 +120,7 @@ async fn get_unbounded(
         .await
         .map_err(|e| format!("docker API: {e}"))?
         .to_bytes();
-    if status == hyper::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !status.is_success() {
-        return Err(format!("docker API {path}: {status}"));
-    }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| format!("docker API {path}: {e}"))
+    Ok((status, body))
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -346,34 +356,13 @@ pub async fn post_json(
     body: &Value,
     deadline: Duration,
 ) -> Result<Result<(), String>, String> {
-    let call = async {
-        let stream = t
-            .unix_stream(SOCKET)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no socket stream")?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, http_body_util::Full<Bytes>>(io)
-                .await
-                .map_err(|e| format!("docker API: {e}"))?;
-        let _stop_driver = AbortOnDrop(tokio::spawn(conn));
+    let request = async {
         let req = hyper::Request::post(path)
             .header("Host", "docker")
             .header("Content-Type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("docker API: {e}"))?;
-        let status = resp.status();
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("docker API: {e}"))?
-            .to_bytes();
+        let (status, text) = call(t, SOCKET, req).await?;
         if status.is_success() {
             return Ok(Ok(()));
         }
@@ -383,7 +372,7 @@ pub async fn post_json(
             .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_string());
         Ok(Err(message))
     };
-    match tokio::time::timeout(deadline, call).await {
+    match tokio::time::timeout(deadline, request).await {
         Ok(r) => r,
         Err(_) => Ok(Err(format!(
             "Docker API POST {path}: no answer within {} s",
