@@ -181,6 +181,18 @@ pub fn probe_extras(project: &str) -> String {
     )
 }
 
+/// Swarm mode, on a manager: the ids of the project's stack services.
+pub fn stack_services(project: &str) -> Vec<String> {
+    argv([
+        "docker".to_string(),
+        "service".into(),
+        "ls".into(),
+        "-q".into(),
+        "--filter".into(),
+        format!("label=com.docker.stack.namespace={project}"),
+    ])
+}
+
 /// The swarm's part of the probe: this node's swarm state and the
 /// managers it knows; on a manager also the nodes (id, address, state,
 /// `provision.host` label), the project's stack services with their spec
@@ -204,14 +216,7 @@ pub fn swarm_probe(project: &str) -> String {
     );
     let services = format!(
         "{} | xargs -r {}",
-        shell(&argv([
-            "docker".to_string(),
-            "service".into(),
-            "ls".into(),
-            "-q".into(),
-            "--filter".into(),
-            format!("label=com.docker.stack.namespace={project}"),
-        ])),
+        shell(&stack_services(project)),
         shell(&argv([
             "docker",
             "service",
@@ -526,6 +531,72 @@ pub fn container_details(project: &str) -> String {
     format!("ids=$({ids}) || exit 1; [ -z \"$ids\" ] || {inspect} $ids")
 }
 
+/// Swarm mode, on a manager, after node `id` joined from `address`: every
+/// other node entry at that address (a replaced machine's) is demoted and
+/// removed, then `id` is labelled `provision.host=NAME`. The manager's own
+/// entry reports 0.0.0.0 and never matches.
+pub fn claim_node(id: &str, address: &str, name: &str) -> String {
+    let inspect = shell(&argv([
+        "docker",
+        "node",
+        "inspect",
+        "--format",
+        "{{.Status.Addr}}",
+    ]));
+    let label = shell(&argv([
+        "docker".to_string(),
+        "node".into(),
+        "update".into(),
+        "--label-add".into(),
+        format!("provision.host={name}"),
+        id.to_string(),
+    ]));
+    format!(
+        "for o in $(docker node ls -q); do [ \"$o\" != {id} ] || continue; \
+         [ \"$({inspect} \"$o\")\" = {address} ] || continue; \
+         docker node demote \"$o\" >/dev/null 2>&1; \
+         docker node rm --force \"$o\" >/dev/null && echo \"removed node $o (was {address})\"; \
+         done; {label} >/dev/null",
+        id = quote(id),
+        address = quote(address),
+    )
+}
+
+/// Swarm mode, on a manager: for `status`, each node's hostname and
+/// `provision.host` label, each stack service's replica count, and each
+/// task that should run, as `@node`, `@service` and `@task` lines.
+pub fn swarm_tasks(project: &str) -> String {
+    let stack = shell(&stack_services(project));
+    let nodes = shell(&argv([
+        "docker",
+        "node",
+        "inspect",
+        "--format",
+        "@node {{.Description.Hostname}}|{{.Status.State}}|{{index .Spec.Labels \"provision.host\"}}",
+    ]));
+    let services = shell(&argv([
+        "docker",
+        "service",
+        "inspect",
+        "--format",
+        "@service {{.Spec.Name}}|{{if .Spec.Mode.Replicated}}{{.Spec.Mode.Replicated.Replicas}}{{else}}-{{end}}",
+    ]));
+    let tasks = shell(&argv([
+        "docker",
+        "service",
+        "ps",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "@task {{.Name}}|{{.Node}}|{{.CurrentState}}|{{.Error}}",
+    ]));
+    format!(
+        "docker node ls -q | xargs -r {nodes} || exit 1; ids=$({stack}) || exit 1; \
+         [ -z \"$ids\" ] || {{ {services} $ids && {tasks} $ids; }}"
+    )
+}
+
 /// What `provision logs` asks of a container's logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogsOptions {
@@ -564,17 +635,23 @@ pub fn service_logs(service: &str, opts: &LogsOptions) -> Vec<String> {
     a
 }
 
-/// Swarm mode: `docker exec` in the first running task container of stack
-/// service `service` on this node; exit 125 (Docker's own code for "could
-/// not run") when none runs here.
-pub fn exec_in_task(service: &str, interactive: bool, cmd: &[String]) -> String {
-    let find = shell(&argv([
+/// Swarm mode: the ids of the running task containers of stack service
+/// `service` on this node.
+pub fn task_containers(service: &str) -> Vec<String> {
+    argv([
         "docker".to_string(),
         "ps".into(),
         "-q".into(),
         "--filter".into(),
         format!("label=com.docker.swarm.service.name={service}"),
-    ]));
+    ])
+}
+
+/// Swarm mode: `docker exec` in the first running task container of stack
+/// service `service` on this node; exit 125 (Docker's own code for "could
+/// not run") when none runs here.
+pub fn exec_in_task(service: &str, interactive: bool, cmd: &[String]) -> String {
+    let find = shell(&task_containers(service));
     let mut exec = argv(["docker", "exec"]);
     if interactive {
         exec.push("--interactive".into());
@@ -988,6 +1065,24 @@ pub fn audit_append(project: &str, line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_joined_node_claims_its_address_and_label() {
+        let line = claim_node("abc123", "10.0.0.15", "n5");
+        assert!(
+            line.contains("[ \"$o\" != abc123 ] || continue"),
+            "the new node itself is kept: {line}"
+        );
+        assert!(line.contains("= 10.0.0.15 ] || continue"), "{line}");
+        assert!(line.contains("docker node rm --force \"$o\""), "{line}");
+        assert!(
+            line.ends_with("docker node update --label-add 'provision.host=n5' abc123 >/dev/null"),
+            "{line}"
+        );
+        // hosts.toml names are checked, but the line quotes what it is given.
+        let odd = claim_node("x", "10.0.0.1", "n 5;rm");
+        assert!(odd.contains("'provision.host=n 5;rm'"), "{odd}");
+    }
+
     #[test]
     fn container_state_and_log_tail_are_one_line_each() {
         assert_eq!(

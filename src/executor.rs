@@ -727,11 +727,13 @@ impl HostRun {
                     remote,
                     advertise,
                     role,
+                    name,
                 } => {
                     let m = self.peers.get(manager).ok_or_else(|| {
                         format!("cannot join the swarm: no connection to its manager {manager}")
                     })?;
-                    crate::swarm_join::join(m.as_ref(), t, remote, advertise, role).await?
+                    crate::swarm_join::join(m.as_ref(), t, remote, advertise, role).await?;
+                    crate::swarm_join::claim(m.as_ref(), t, advertise, name).await?
                 }
                 Action::WaitReady {
                     line,

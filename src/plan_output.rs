@@ -121,10 +121,11 @@ pub fn text(plan: &Plan, only: Option<&str>) -> String {
                         remote,
                         advertise,
                         role,
+                        name,
                     } => {
                         let _ = writeln!(
                             out,
-                            "      join the swarm at {remote} as a {role}, advertising {advertise} (the join token is read from {manager} over SSH)"
+                            "      join the swarm at {remote} as a {role}, advertising {advertise} (the join token is read from {manager} over SSH); then {manager} labels it provision.host={name} and removes an older node at {advertise} (a replaced machine's)"
                         );
                     }
                     Action::WaitReady {

@@ -29,6 +29,9 @@ pub enum Drift {
     /// Only its live files differ: a signal, no new container.
     #[serde(rename = "would reload")]
     WouldReload,
+    /// Swarm mode: a node that may run it lacks its image.
+    #[serde(rename = "would ship image")]
+    WouldShip,
     /// Its host did not answer.
     #[serde(rename = "unknown")]
     Unknown,
@@ -41,6 +44,7 @@ impl Drift {
             Drift::WouldRebuild => "would rebuild",
             Drift::WouldRestart => "would restart",
             Drift::WouldReload => "would reload",
+            Drift::WouldShip => "would ship image",
             Drift::Unknown => "unknown",
         }
     }
@@ -50,16 +54,26 @@ impl Drift {
 /// steps. A rebuild implies a restart (the image tag is in the run spec),
 /// so the first that holds of Build, Run, Config names it.
 pub fn drift(state: &HostState, steps: &[Step], service: &str) -> Drift {
+    drift_over(&[(state, steps)], service)
+}
+
+/// [`drift`] over several hosts' probes and steps: in swarm mode a
+/// service's build, ships and run are steps of different nodes.
+pub fn drift_over(hosts: &[(&HostState, &[Step])], service: &str) -> Drift {
     let holds = |kind: StepKind| {
-        steps
-            .iter()
-            .filter(|s| s.service() == Some(service) && s.kind() == kind)
-            .any(|s| state.holds(&s.when))
+        hosts.iter().any(|(state, steps)| {
+            steps
+                .iter()
+                .filter(|s| s.service() == Some(service) && s.kind() == kind)
+                .any(|s| state.holds(&s.when))
+        })
     };
     if holds(StepKind::Build) {
         Drift::WouldRebuild
     } else if holds(StepKind::Run) {
         Drift::WouldRestart
+    } else if holds(StepKind::Ship) {
+        Drift::WouldShip
     } else if holds(StepKind::Config) {
         Drift::WouldReload
     } else {
@@ -144,6 +158,100 @@ pub struct ServiceStatus {
     /// Containers of the service on its host (its releases), this one
     /// included.
     pub releases: usize,
+    /// Swarm mode: `RUNNING/DESIRED` tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
+    /// Swarm mode: its tasks that should run, wherever they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// Swarm mode: one task of a service, as the manager reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskStatus {
+    /// `SERVICE.SLOT`, the hosts.toml service's name and the task's slot.
+    pub name: String,
+    /// The hosts.toml name of its node (its hostname when unlabelled).
+    pub node: String,
+    /// Docker's words: `Running 5 minutes ago`, `Preparing 2 seconds ago`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TaskStatus {
+    pub fn running(&self) -> bool {
+        self.state.starts_with("Running")
+    }
+}
+
+/// Swarm mode: what a manager said of the stack ([`crate::commands::swarm_tasks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwarmTasks {
+    /// Stack service name to its desired replicas (`None`: global mode).
+    pub services: std::collections::BTreeMap<String, Option<u32>>,
+    /// Stack service name to its tasks.
+    pub tasks: std::collections::BTreeMap<String, Vec<TaskStatus>>,
+}
+
+impl SwarmTasks {
+    /// Parse [`crate::commands::swarm_tasks`]'s lines; a line it cannot read
+    /// is left out.
+    pub fn parse(text: &str) -> SwarmTasks {
+        // Hostname to label; a ready node wins over a down one of the same
+        // hostname (a machine replaced under its old name).
+        let mut names: std::collections::BTreeMap<String, (bool, String)> = Default::default();
+        let mut out = SwarmTasks::default();
+        let mut tasks = Vec::new();
+        for line in text.lines() {
+            let Some((tag, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split('|').collect();
+            match (tag, f.as_slice()) {
+                ("@node", [host, state, label]) => {
+                    let ready = *state == "ready";
+                    let label = match *label {
+                        "" | "<no value>" => host,
+                        l => l,
+                    };
+                    let known = names.get(*host).is_some_and(|(r, _)| *r);
+                    if ready || !known {
+                        names.insert(host.to_string(), (ready, label.to_string()));
+                    }
+                }
+                ("@service", [name, replicas]) => {
+                    out.services.insert(name.to_string(), replicas.parse().ok());
+                }
+                ("@task", [name, node, state, error]) => {
+                    tasks.push((
+                        name.to_string(),
+                        node.to_string(),
+                        state.to_string(),
+                        error.to_string(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (name, node, state, error) in tasks {
+            // `PROJECT_SERVICE.SLOT` (a global task has a node id instead).
+            let Some((service, slot)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let short = service.split_once('_').map_or(service, |(_, s)| s);
+            out.tasks
+                .entry(service.to_string())
+                .or_default()
+                .push(TaskStatus {
+                    name: format!("{short}.{slot}"),
+                    node: names.get(&node).map_or(node.clone(), |(_, l)| l.clone()),
+                    error: (!error.is_empty()).then_some(error),
+                    state,
+                });
+        }
+        out
+    }
 }
 
 /// What one host answered, for [`service`].
@@ -176,6 +284,8 @@ pub fn service(project: &str, hp: &HostPlan, name: &str, answer: Option<&Answer>
         reach,
         drift: Drift::Unknown,
         releases: 0,
+        replicas: None,
+        tasks: Vec::new(),
     };
     let Some(a) = answer else {
         return s;
@@ -198,6 +308,43 @@ pub fn service(project: &str, hp: &HostPlan, name: &str, answer: Option<&Answer>
         Some(false) => Some("not ready".into()),
         None => c.health.clone(),
     };
+    s
+}
+
+/// Swarm mode: a service's status from the manager's report. `pinned` is
+/// its node when hosts.toml pins it; `drift` is judged over every node
+/// ([`drift_over`]), `None` when one of them did not answer.
+pub fn swarm_service(
+    project: &str,
+    hp: &HostPlan,
+    name: &str,
+    pinned: Option<&str>,
+    stack: Option<&SwarmTasks>,
+    drift: Option<Drift>,
+) -> ServiceStatus {
+    let mut s = service(project, hp, name, None);
+    s.host = pinned.unwrap_or("any").to_string();
+    s.container = crate::runtime::swarm::service_name(project, name);
+    s.drift = drift.unwrap_or(Drift::Unknown);
+    let Some(stack) = stack else {
+        return s;
+    };
+    let Some(desired) = stack.services.get(&s.container) else {
+        s.state = "missing".into();
+        return s;
+    };
+    s.tasks = stack.tasks.get(&s.container).cloned().unwrap_or_default();
+    let running = s.tasks.iter().filter(|t| t.running()).count();
+    let desired = desired.map_or(s.tasks.len(), |d| d as usize);
+    s.replicas = Some(format!("{running}/{desired}"));
+    s.state = if running >= desired && desired > 0 {
+        "running"
+    } else if running > 0 {
+        "degraded"
+    } else {
+        "down"
+    }
+    .into();
     s
 }
 
@@ -263,10 +410,14 @@ pub fn table(r: &Report) -> String {
             } else {
                 s.reach.join("; ")
             };
+            let state = match &s.replicas {
+                Some(r) => format!("{} {r}", s.state),
+                None => s.state.clone(),
+            };
             [
                 s.name.clone(),
                 s.host.clone(),
-                s.state.clone(),
+                state,
                 s.health.clone().unwrap_or_else(|| "-".into()),
                 s.uptime_secs.map_or("-".into(), uptime_text),
                 s.drift.word().to_string(),
@@ -294,6 +445,19 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out, "{}", line(&header.map(String::from)));
     for row in &rows {
         let _ = writeln!(out, "{}", line(row));
+    }
+    let tasks: Vec<&TaskStatus> = r.services.iter().flat_map(|s| &s.tasks).collect();
+    if !tasks.is_empty() {
+        let w = tasks.iter().map(|t| t.name.len()).max().unwrap_or(0).max(4);
+        let n = tasks.iter().map(|t| t.node.len()).max().unwrap_or(0).max(4);
+        let _ = writeln!(out, "{:<w$}  {:<n$}  STATE", "TASK", "NODE");
+        for t in tasks {
+            let mut l = format!("{:<w$}  {:<n$}  {}", t.name, t.node, t.state);
+            if let Some(e) = &t.error {
+                let _ = write!(l, " ({e})");
+            }
+            let _ = writeln!(out, "{l}");
+        }
     }
     out
 }
@@ -436,6 +600,56 @@ mod tests {
             (unknown.state.as_str(), unknown.drift),
             ("unknown", Drift::Unknown)
         );
+    }
+
+    #[test]
+    fn swarm_tasks_name_their_nodes_by_label_and_count_replicas() {
+        let text = "@node m1|ready|n1\n\
+                    @node m4|down|n4\n\
+                    @node m4|ready|n4b\n\
+                    @node m5|ready|<no value>\n\
+                    @service p_rails|3\n\
+                    @service p_nginx|1\n\
+                    @task p_rails.1|m1|Running 5 minutes ago|\n\
+                    @task p_rails.2|m4|Running 2 minutes ago|\n\
+                    @task p_rails.3|m5|Preparing 3 seconds ago|no suitable node\n\
+                    garbage\n";
+        let stack = SwarmTasks::parse(text);
+        let rails = service_in(&stack, "rails", None);
+        assert_eq!(rails.host, "any");
+        assert_eq!(rails.container, "p_rails");
+        assert_eq!(
+            (rails.state.as_str(), rails.replicas.as_deref()),
+            ("degraded", Some("2/3"))
+        );
+        let nodes: Vec<&str> = rails.tasks.iter().map(|t| t.node.as_str()).collect();
+        assert_eq!(nodes, ["n1", "n4b", "m5"]);
+        assert_eq!(rails.tasks[2].error.as_deref(), Some("no suitable node"));
+        let nginx = service_in(&stack, "nginx", Some("n1"));
+        assert_eq!((nginx.state.as_str(), nginx.host.as_str()), ("down", "n1"));
+        assert_eq!(service_in(&stack, "redis", None).state, "missing");
+        let r = Report {
+            hosts: Vec::new(),
+            services: vec![rails],
+            machines: Vec::new(),
+        };
+        assert_eq!(
+            table(&r),
+            "SERVICE  HOST  STATE         HEALTH  UPTIME  DRIFT       PORTS\n\
+             rails    any   degraded 2/3  -       -       up to date  -\n\
+             TASK     NODE  STATE\n\
+             rails.1  n1    Running 5 minutes ago\n\
+             rails.2  n4b   Running 2 minutes ago\n\
+             rails.3  m5    Preparing 3 seconds ago (no suitable node)\n"
+        );
+    }
+
+    fn service_in(stack: &SwarmTasks, name: &str, pinned: Option<&str>) -> ServiceStatus {
+        let hp = HostPlan {
+            ports: Vec::new(),
+            ..host_plan()
+        };
+        swarm_service("p", &hp, name, pinned, Some(stack), Some(Drift::UpToDate))
     }
 
     #[test]

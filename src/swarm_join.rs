@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::commands::{argv, shell};
+use crate::commands::{self, argv, shell};
 use crate::transport::{Exec, Transport};
 
 const JOIN_DEADLINE: Duration = Duration::from_secs(90);
@@ -73,14 +73,60 @@ pub async fn join(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if out.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "joining the swarm at {remote} failed: {}",
-                    out.stderr_str().trim()
-                ))
-            }
+            succeeded(&out, || format!("joining the swarm at {remote} failed"))
         }
+    }
+}
+
+/// After `node` joined: the manager labels it with its hosts.toml `name`
+/// and removes any other node entry at its `address`, which a replaced
+/// machine left behind (the swarm may still call it ready for a while, so
+/// the run's own nodes step, judged before the join, cannot see it).
+pub async fn claim(
+    manager: &dyn Transport,
+    node: &dyn Transport,
+    address: &str,
+    name: &str,
+) -> Result<(), String> {
+    let out = node
+        .exec(
+            Exec::new(shell(&argv([
+                "docker",
+                "info",
+                "--format",
+                "{{.Swarm.NodeID}}",
+            ])))
+            .timeout(Duration::from_secs(30))
+            .idempotent(true),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = out.stdout_str().trim().to_string();
+    if !out.success() || id.is_empty() {
+        return Err(format!(
+            "joined, but {} does not say its node id: {}",
+            node.name(),
+            out.stderr_str().trim()
+        ));
+    }
+    let out = manager
+        .exec(Exec::new(commands::claim_node(&id, address, name)).timeout(JOIN_DEADLINE))
+        .await
+        .map_err(|e| e.to_string())?;
+    succeeded(&out, || {
+        format!(
+            "{} joined, but {} could not label it",
+            node.name(),
+            manager.name()
+        )
+    })
+}
+
+/// `Ok` when the command succeeded, else `what` with its stderr.
+fn succeeded(out: &crate::transport::ExecOutput, what: impl Fn() -> String) -> Result<(), String> {
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", what(), out.stderr_str().trim()))
     }
 }

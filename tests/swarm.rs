@@ -7,12 +7,15 @@
 //! 2. a page visit through Nginx on n1 stores a row in PostGIS on n2;
 //! 3. the three Rails tasks run on three different nodes;
 //! 4. a second run says "Nothing changed" and no task was replaced;
+//!    `status` lists each service's tasks on their nodes, nothing drifting;
 //! 5. while a client keeps requesting the page, the machine of one Rails
 //!    task (n4 or n5: a node with Rails alone) is stopped: the task runs
 //!    elsewhere within 120 s, the page is served after the reschedule, and
 //!    at most 5% of the requests failed during the loss;
 //! 6. a changed Rails template variable (`puma_threads`) rolls out (a new
-//!    image, one task at a time, start-first) with no failed request.
+//!    image, one task at a time, start-first) with no failed request;
+//! 7. the lost node's machine is replaced by a blank one: `--only` it, it
+//!    rejoins as one ready node (the old entry removed) with the Rails image.
 //!
 //! Own project prefix `pvswarm` and a 10.229.x.0/24 subnet; the lab removes
 //! its machines even when the test fails. Traffic goes only to the machines
@@ -342,6 +345,56 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         "a no-op run replaced a task (task@node before vs after)"
     );
 
+    // 4b. `status` as a user reads it: per service its tasks and their
+    //     nodes, the pinned ones where hosts.toml put them, nothing drifts.
+    let doc = lab
+        .provision(&["status", "--json"])
+        .expect(0, "status --json");
+    let doc: serde_json::Value = serde_json::from_str(&doc.stdout)
+        .unwrap_or_else(|e| panic!("status --json is one document ({e}):\n{}", doc.text()));
+    let entry = |name: &str| -> serde_json::Value {
+        doc["services"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == name))
+            .unwrap_or_else(|| panic!("status has no {name}: {doc}"))
+            .clone()
+    };
+    for (name, host) in [("postgis", "n2"), ("redis", "n3"), ("nginx", "n1")] {
+        let e = entry(name);
+        assert_eq!(
+            (
+                e["host"].as_str(),
+                e["state"].as_str(),
+                e["replicas"].as_str()
+            ),
+            (Some(host), Some("running"), Some("1/1")),
+            "status of {name}: {e}"
+        );
+        assert_eq!(e["tasks"][0]["node"].as_str(), Some(host), "{e}");
+    }
+    let e = entry("rails");
+    assert_eq!(
+        (e["state"].as_str(), e["replicas"].as_str()),
+        (Some("running"), Some("3/3")),
+        "{e}"
+    );
+    let status_nodes: BTreeSet<&str> = e["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["node"].as_str())
+        .collect();
+    let ps_nodes: BTreeSet<&str> = rails.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(status_nodes, ps_nodes, "status names the tasks' nodes: {e}");
+    for s in doc["services"].as_array().unwrap() {
+        assert_eq!(s["drift"], "up to date", "after a run nothing drifts: {s}");
+    }
+    let table = lab.provision_ok(&["status"]).stdout;
+    assert!(
+        table.contains("rails.1") && table.contains("running 3/3"),
+        "the table lists the tasks:\n{table}"
+    );
+
     // 5. The machine of one Rails task stops, under load. The scheduler may
     //    have put every task beside a pinned service; a forced update
     //    spreads them again (start-first: the new tasks go where the
@@ -476,4 +529,32 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         l.sent,
         &l.failed[..l.failed.len().min(3)]
     );
+
+    // 7. The lost node's machine is replaced by a blank one at the same
+    //    address: `--only` it rejoins (its old node entry removed), and it
+    //    gets the Rails image, since Rails may run anywhere.
+    let machine = lab.machine(victim);
+    lab.docker(&["rm", "--force", &machine]);
+    lab.docker(&["volume", "rm", &format!("{machine}-docker")]);
+    let back = lab
+        .provision(&["--only", victim])
+        .expect(0, &format!("--only {victim} on a blank machine"));
+    eprintln!(
+        "MEASURED swarm --only {victim} (blank replacement): {:.1} s",
+        back.secs()
+    );
+    let entries: Vec<Node> = nodes(&lab)
+        .into_values()
+        .filter(|n| n.name == victim)
+        .collect();
+    assert_eq!(
+        entries.iter().map(|n| n.state.as_str()).collect::<Vec<_>>(),
+        ["ready"],
+        "one node entry for {victim}, ready (the replaced one removed): {entries:?}"
+    );
+    lab.dexec_ok(
+        victim,
+        &format!("docker image inspect --format '{{{{.Id}}}}' {new_image}"),
+    );
+    http_until(&url, "Total visits", Duration::from_secs(30));
 }

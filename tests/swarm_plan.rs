@@ -244,3 +244,69 @@ fn swarm_keys_are_input_errors_where_they_cannot_work() {
         &["services.rails.replicas", "out of range 1-1000"],
     );
 }
+
+#[test]
+fn an_even_number_of_managers_is_a_warning_not_an_error() {
+    let two = swarm("").replace(
+        "[hosts.n2]\naddress = \"192.0.2.12\"",
+        "[hosts.n2]\naddress = \"192.0.2.12\"\nrole = \"manager\"",
+    );
+    let two = two.replace(
+        "[hosts.n1]\naddress = \"192.0.2.11\"",
+        "[hosts.n1]\naddress = \"192.0.2.11\"\nrole = \"manager\"",
+    );
+    let dir = project(&two);
+    let out = provision(dir.path(), &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("2 managers") && err.contains("odd number"),
+        "the dry run warns of the quorum:\n{err}"
+    );
+    // One manager (the default) says nothing of it.
+    let dir = project(&swarm(""));
+    let out = provision(dir.path(), &["--dry-run"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("managers"));
+}
+
+#[test]
+fn only_a_replaced_node_rejoins_is_labelled_and_gets_its_services_back() {
+    let dir = project(&swarm(""));
+    let out = provision(dir.path(), &["--dry-run", "--only", "n3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The step lines under each host, as the dry run prints them.
+    let mut host = String::new();
+    let mut steps: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("host ") {
+            host = h.split(' ').next().unwrap_or("").to_string();
+        } else if let Some((n, rest)) = line.trim_start().split_once(". ") {
+            if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() {
+                steps.push(format!("{host}: {rest}"));
+            }
+        }
+    }
+    let has = |want: &str| steps.iter().any(|s| s.starts_with(want));
+    for want in [
+        "n3: join the swarm of n1",
+        "n3: build image shop-redis:",
+        "n3: load image shop-rails:",
+        "n1: label the nodes n1, n2, n3",
+        "n1: deploy service shop_redis",
+    ] {
+        assert!(
+            has(want),
+            "--only n3 takes \"{want}\" (a blank n3 joins, is labelled, gets its images and redis): {steps:#?}"
+        );
+    }
+    assert!(
+        !has("n2: build") && !has("n1: deploy service shop_postgis"),
+        "--only n3 leaves the other nodes' own work: {steps:#?}"
+    );
+}

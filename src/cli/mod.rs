@@ -374,6 +374,9 @@ fn load_plan(
 ) -> Result<(load::Loaded, crate::plan::Plan), i32> {
     let writes = matches!(generate, Generate::Store);
     let loaded = load::load(&cli.hosts, env, generate).map_err(|d| bad_input(&d))?;
+    for w in loaded.inventory.warnings() {
+        eprintln!("warning: {w}");
+    }
     keep_state_private(&loaded.inventory, writes)?;
     let plan = build_plan(&loaded)?;
     Ok((loaded, plan))

@@ -184,8 +184,9 @@ pub(super) async fn exec(
     }
     let container = plan::container_name(&inv.project.name, &s.name);
     let (transport, line) = if inv.swarm() {
+        let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
         match swarm_task_host(inv, s).await {
-            Ok(found) => found,
+            Ok(t) => (t, commands::exec_in_task(&name, interactive, cmd)),
             Err(code) => return code,
         }
     } else {
@@ -200,12 +201,6 @@ pub(super) async fn exec(
             }
             None => return EXIT_FAILED,
         }
-    };
-    let line = if inv.swarm() {
-        let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
-        commands::exec_in_task(&name, interactive, cmd)
-    } else {
-        line
     };
     let mut req = Exec::new(line)
         .capture(false)
@@ -240,23 +235,14 @@ pub(super) async fn exec(
 
 /// Swarm mode: a node that runs a task of `s` (its pinned node, else the
 /// first in hosts.toml's order that runs one), asked of every node at once.
-async fn swarm_task_host(
-    inv: &Inventory,
-    s: &Service,
-) -> Result<(Arc<dyn Transport>, String), i32> {
+async fn swarm_task_host(inv: &Inventory, s: &Service) -> Result<Arc<dyn Transport>, i32> {
     let name = crate::runtime::swarm::service_name(&inv.project.name, &s.name);
     let hosts: Vec<&str> = if s.pinned {
         vec![s.host.as_str()]
     } else {
         inv.hosts.iter().map(|h| h.name.as_str()).collect()
     };
-    let find = commands::shell(&commands::argv([
-        "docker".to_string(),
-        "ps".into(),
-        "-q".into(),
-        "--filter".into(),
-        format!("label=com.docker.swarm.service.name={name}"),
-    ]));
+    let find = commands::shell(&commands::task_containers(&name));
     let opened = session::connect(inv, &hosts).await;
     let asked = join_all(opened.into_iter().map(|o| {
         let find = find.clone();
@@ -268,7 +254,7 @@ async fn swarm_task_host(
     }))
     .await;
     match asked.into_iter().flatten().next() {
-        Some(t) => Ok((t, String::new())),
+        Some(t) => Ok(t),
         None => {
             eprintln!(
                 "error: no running task of {} found on {}",

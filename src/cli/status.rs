@@ -3,10 +3,13 @@
 //! without taking the hosts' locks, probes each host as a run does
 //! ([`executor::probe_host`]) and judges the plan a run would build against
 //! it; the only other things it runs are one `docker inspect` per host and
-//! each running service's readiness probe, once.
+//! each running service's readiness probe, once. In swarm mode a service
+//! is a stack service: its tasks and their nodes come from one read of the
+//! first manager ([`commands::swarm_tasks`]).
 //!
 //! Exit codes: 0 when every host answered, 1 when one did not (its
-//! services say `unknown`), 2 for input errors.
+//! services say `unknown`) or a swarm's manager could not say what runs,
+//! 2 for input errors.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +22,12 @@ use crate::load::Loaded;
 use crate::plan::{self, HostPlan, Plan};
 use crate::probe::HostState;
 use crate::run;
+use crate::runtime::swarm::Swarm;
 use crate::secrets::Generate;
 use crate::session;
-use crate::status::{self, Answer, Container, HostStatus, MachineLine, Report};
+use crate::status::{
+    self, Answer, Container, HostStatus, MachineLine, Report, ServiceStatus, SwarmTasks,
+};
 use crate::transport::{Exec, Transport};
 
 use super::{load_plan, Cli, EXIT_FAILED, EXIT_OK};
@@ -43,13 +49,37 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
     let machines = machine_lines(loaded).await;
     let names: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
     let opened = session::connect(inv, &names).await;
-    let answers = join_all(
-        plan.hosts
-            .iter()
-            .zip(opened)
-            .map(|(hp, o)| ask(loaded, &plan.project, hp, o.transport)),
-    )
-    .await;
+    // Swarm mode: the stack's services and tasks, as the first manager
+    // knows them, asked beside the hosts' probes.
+    let leader = inv
+        .swarm()
+        .then(|| Swarm::of(inv).leader().name.clone())
+        .and_then(|l| names.iter().position(|n| *n == l))
+        .map(|i| opened[i].transport.clone());
+    let stack = async {
+        match leader {
+            Some(Ok(t)) => Some(
+                read(t.as_ref(), commands::swarm_tasks(&plan.project))
+                    .await
+                    .map(|text| SwarmTasks::parse(&text)),
+            ),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        }
+    };
+    let (answers, stack) = futures::join!(
+        join_all(plan.hosts.iter().zip(opened).map(|(hp, o)| ask(
+            loaded,
+            &plan.project,
+            hp,
+            o.transport
+        )),),
+        stack
+    );
+    if let Some(Err(e)) = &stack {
+        eprintln!("error: the swarm's manager did not say what runs: {e}");
+    }
+    let stack = stack.and_then(Result::ok);
     let hosts = plan
         .hosts
         .iter()
@@ -67,6 +97,15 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
         .iter()
         .filter_map(|s| {
             let i = plan.hosts.iter().position(|h| h.host == s.host)?;
+            if inv.swarm() {
+                return Some(swarm_status(
+                    plan,
+                    &answers,
+                    s,
+                    &plan.hosts[i],
+                    stack.as_ref(),
+                ));
+            }
             let a = answers[i].as_ref().ok().map(|h| Answer {
                 state: &h.state,
                 containers: &h.containers,
@@ -95,11 +134,40 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
     };
     // Nothing above holds a secret; masking is the rule on every output.
     print!("{}", loaded.secrets.mask(&out));
-    if r.hosts.iter().all(|h| h.reachable) {
+    if r.hosts.iter().all(|h| h.reachable) && (!inv.swarm() || stack.is_some()) {
         EXIT_OK
     } else {
         EXIT_FAILED
     }
+}
+
+/// Swarm mode: a service's line. Its drift is judged over every node with
+/// a step of it (build, ship, run); unknown when one of them did not answer.
+fn swarm_status(
+    plan: &Plan,
+    answers: &[Result<HostAnswer, String>],
+    s: &crate::inventory::Service,
+    hp: &HostPlan,
+    stack: Option<&SwarmTasks>,
+) -> ServiceStatus {
+    let mut parts = Vec::new();
+    let mut known = true;
+    for (h, a) in plan.hosts.iter().zip(answers) {
+        if !h
+            .steps
+            .iter()
+            .any(|st| st.service() == Some(s.name.as_str()))
+        {
+            continue;
+        }
+        match a {
+            Ok(a) => parts.push((&a.state, h.steps.as_slice())),
+            Err(_) => known = false,
+        }
+    }
+    let drift = known.then(|| status::drift_over(&parts, &s.name));
+    let pinned = s.pinned.then_some(s.host.as_str());
+    status::swarm_service(&plan.project, hp, &s.name, pinned, stack, drift)
 }
 
 /// The local playground machines, as this computer's engine has them.

@@ -267,6 +267,8 @@ pub enum Action {
         remote: String,
         advertise: String,
         role: String,
+        /// The node's hosts.toml name: its `provision.host` label.
+        name: String,
     },
     /// Fetch the app tarball on the host with a curl config file (0600)
     /// that carries the token, so it is never in argv.

@@ -161,6 +161,7 @@ impl Swarm {
             remote,
             advertise: node.address.clone(),
             role: role.into(),
+            name: node.name.clone(),
         })
     }
 
@@ -262,6 +263,9 @@ impl Swarm {
         )
         .needs(needs)
         .action(Action::Run { line })
+        // `--only NODE` on a replaced node labels it (its pinned services'
+        // constraint) and removes the entry it left behind.
+        .follows(self.nodes.iter().map(|n| n.name.clone()).collect())
     }
 
     fn network_step(&self) -> Step {
