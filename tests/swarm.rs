@@ -24,12 +24,9 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::http::{http_get, http_until, number_after};
+use support::http::{http_until, number_after, Client};
 use support::lab::Lab;
 use support::wait::wait_for;
 
@@ -233,52 +230,6 @@ fn stack_tasks(lab: &Lab) -> BTreeSet<String> {
         .flat_map(|s| tasks(lab, s))
         .map(|t| format!("{}@{}", t.id, t.node))
         .collect()
-}
-
-/// Requests sent through nginx, and the failures among them.
-#[derive(Default)]
-struct Load {
-    sent: u64,
-    failed: Vec<String>,
-}
-
-/// Request `url` back to back until `stop` is set (as tests/rollout.rs).
-fn load(url: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Load>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            let r = http_get(&url, None);
-            let mut l = seen.lock().unwrap();
-            l.sent += 1;
-            match r {
-                Ok(body) if body.contains("Total visits") => {}
-                Ok(body) => l.failed.push(format!("unexpected page: {body}")),
-                Err(e) => l.failed.push(e),
-            }
-        }
-    })
-}
-
-/// A load thread on `url`, stopped by [`Client::finish`].
-struct Client {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Load>>,
-    thread: JoinHandle<()>,
-}
-
-impl Client {
-    fn start(url: &str) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Load::default()));
-        let thread = load(url.to_string(), stop.clone(), seen.clone());
-        Client { stop, seen, thread }
-    }
-
-    /// Stop the thread; what it saw.
-    fn finish(self) -> Load {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap();
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
 }
 
 #[test]
@@ -517,18 +468,7 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         update, "1 start-first rollback",
         "rails updates one task at a time, start-first, rolled back on failure"
     );
-    assert!(
-        l.sent > 20,
-        "the client kept requesting during the rollout: {} requests",
-        l.sent
-    );
-    assert!(
-        l.failed.is_empty(),
-        "{} of {} requests failed during the rollout, e.g. {:?}",
-        l.failed.len(),
-        l.sent,
-        &l.failed[..l.failed.len().min(3)]
-    );
+    l.assert_none_failed("the rollout");
 
     // 7. The lost node's machine is replaced by a blank one at the same
     //    address: `--only` it rejoins (its old node entry removed), and it
