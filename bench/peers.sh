@@ -38,12 +38,9 @@ if [ "${1:-}" = down ]; then
 fi
 
 # --- tools ---------------------------------------------------------------
-(cd "$root" && cargo build --release --quiet)
-if [ ! -x "$venv/bin/pyinfra" ] || [ ! -x "$venv/bin/ansible-playbook" ]; then
-  log "creating $venv (ansible-core, ansible, pyinfra from PyPI)"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'ansible-core==2.19.*' 'ansible==12.*' 'pyinfra==3.10.*'
-fi
+# shellcheck source=bench/tools.sh
+. "$root/bench/tools.sh"
+bench_tools "$root" "$venv"
 export ANSIBLE_CONFIG="$PWD/ansible/ansible.cfg"
 export ANSIBLE_NOCOLOR=1 PYTHONWARNINGS=ignore
 
