@@ -67,15 +67,13 @@ async fn report(loaded: &Loaded, plan: &Plan, json: bool) -> i32 {
             None => None,
         }
     };
-    let (answers, stack) = futures::join!(
-        join_all(plan.hosts.iter().zip(opened).map(|(hp, o)| ask(
-            loaded,
-            &plan.project,
-            hp,
-            o.transport
-        )),),
-        stack
+    let asked = join_all(
+        plan.hosts
+            .iter()
+            .zip(opened)
+            .map(|(hp, o)| ask(loaded, &plan.project, hp, o.transport)),
     );
+    let (answers, stack) = futures::join!(asked, stack);
     if let Some(Err(e)) = &stack {
         eprintln!("error: the swarm's manager did not say what runs: {e}");
     }
