@@ -5,7 +5,7 @@
 //! it; the only other things it runs are one `docker inspect` per host and
 //! each running service's readiness probe, once. In swarm mode a service
 //! is a stack service: its tasks and their nodes come from one read of the
-//! first manager ([`commands::swarm_tasks`]).
+//! first manager ([`commands::swarm_tasks`]) instead of those.
 //!
 //! Exit codes: 0 when every host answered, 1 when one did not (its
 //! services say `unknown`) or a swarm's manager could not say what runs,
@@ -209,10 +209,15 @@ async fn ask(
     transport: Result<Arc<dyn Transport>, String>,
 ) -> Result<HostAnswer, String> {
     let t = transport?;
-    let (state, listed) = futures::join!(
-        executor::probe_host(t.as_ref(), project, hp),
-        read(t.as_ref(), commands::container_details(project)),
-    );
+    let (state, listed) = futures::join!(executor::probe_host(t.as_ref(), project, hp), async {
+        // Swarm mode's containers are tasks: the manager's read names
+        // them, and no readiness probe of plain mode applies.
+        if loaded.inventory.swarm() {
+            Ok(String::new())
+        } else {
+            read(t.as_ref(), commands::container_details(project)).await
+        }
+    },);
     let state = state?;
     let containers = status::parse_containers(&listed.map_err(|e| format!("docker: {e}"))?);
     let probes = loaded.inventory.services_on(&hp.host).filter_map(|s| {
