@@ -468,6 +468,20 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         update, "1 start-first rollback",
         "rails updates one task at a time, start-first, rolled back on failure"
     );
+    if !l.failed.is_empty() {
+        // Why Nginx answered 502: its own account of the upstreams it tried.
+        let errors = lab.dexec(
+            "n1",
+            &format!(
+                "docker service logs --timestamps --raw {} 2>&1 | grep -E '\\[(error|crit|alert)\\]' | tail -40",
+                service(&lab, "nginx")
+            ),
+        );
+        eprintln!(
+            "nginx's errors:\n{}",
+            String::from_utf8_lossy(&errors.stdout)
+        );
+    }
     l.assert_none_failed("the rollout");
 
     // 7. The lost node's machine is replaced by a blank one at the same
