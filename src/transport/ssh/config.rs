@@ -3,14 +3,15 @@
 //! Honoured for the Host blocks whose patterns match the target's address
 //! (first value wins, as in OpenSSH): `HostName`, `User`, `Port`,
 //! `IdentityFile` (all listed files are tried, `~` expanded) and `ProxyJump`
-//! (`[user@]host[:port]`, comma lists hop by hop, `none`).
+//! (`[user@]host[:port]`, comma lists hop by hop, `none`). `Include`d
+//! files are read as OpenSSH reads them (relative to `~/.ssh`, globs).
 //!
 //! Precedence: explicit target values beat the file. A target's `user` of
 //! `""` and `port` of `0` mean "from the file, else the current user / 22";
 //! `identity: None` means "the file's IdentityFile, else the agent and the
 //! default keys".
 //!
-//! Not supported (silently ignored): `Match` blocks, `Include`, `%` tokens,
+//! Not supported (silently ignored): `Match` blocks, `%` tokens,
 //! `ProxyCommand`, `HostKeyAlias`, `CertificateFile`, `IdentitiesOnly`,
 //! `StrictHostKeyChecking`/`UserKnownHostsFile` (the target's
 //! `host_key_policy` and `known_hosts` decide), algorithm lists.
@@ -96,18 +97,11 @@ pub(crate) fn resolve(
         if r.identities.is_empty() {
             r.identities = params.identity_file.unwrap_or_default();
         }
-        let jump = config.intersecting_hosts(address).find_map(|h| {
-            h.params
-                .unsupported_fields
-                .iter()
-                .chain(h.params.ignored_fields.iter())
-                .find(|(k, _)| k.eq_ignore_ascii_case("proxyjump"))
-                .map(|(_, v)| v.join(","))
-        });
-        if let Some(j) = jump {
-            if !j.eq_ignore_ascii_case("none") {
-                r.jumps = j
-                    .split(',')
+        if let Some(hops) = params.proxy_jump {
+            let none = hops.len() == 1 && hops[0].eq_ignore_ascii_case("none");
+            if !none {
+                r.jumps = hops
+                    .iter()
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
                     .collect();
@@ -189,6 +183,24 @@ mod tests {
             login(Path::new("/nonexistent/config"), "web").unwrap(),
             Login::default()
         );
+    }
+
+    #[test]
+    fn proxy_jump_none_and_included_files() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("config");
+        let more = d.path().join("more.conf");
+        std::fs::write(&more, "Host db\n  HostName 10.9.9.9\n  ProxyJump none\n").unwrap();
+        std::fs::write(
+            &cfg,
+            format!("Include {}\n\nHost *\n  ProxyJump gw\n", more.display()),
+        )
+        .unwrap();
+        let r = resolve(&cfg, "db", 0, "u", None).unwrap();
+        assert_eq!(r.address, "10.9.9.9");
+        assert!(r.jumps.is_empty(), "the first ProxyJump (none) wins: {r:?}");
+        let r = resolve(&cfg, "web", 0, "u", None).unwrap();
+        assert_eq!(r.jumps, vec!["gw"]);
     }
 
     #[test]
