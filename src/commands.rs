@@ -841,6 +841,29 @@ fn with_users_stopped(volumes: &[String], body: &str, restart: bool, helper: &st
     .join("\n")
 }
 
+/// Wait until no running container on the host uses any of `volumes`
+/// (Swarm stops a scaled-down task on its own time); after `timeout`
+/// seconds fail naming the containers still using them.
+pub fn wait_volumes_unused(volumes: &[String], timeout: u64) -> String {
+    let mut ps = argv(["docker", "ps", "-q"]);
+    for v in volumes {
+        ps.push("--filter".into());
+        ps.push(format!("volume={v}"));
+    }
+    let ps = shell(&ps);
+    let msg = shell(&[format!(
+        "{} still in use after {timeout} s by:",
+        volumes.join(", ")
+    )]);
+    format!(
+        "end=$(( $(date +%s) + {timeout} )); \
+         while [ -n \"$({ps})\" ]; do \
+           if [ \"$(date +%s)\" -ge \"$end\" ]; then echo {msg} $({ps} --format '{{{{.Names}}}}') >&2; exit 1; fi; \
+           sleep 1; \
+         done"
+    )
+}
+
 /// Stream a tar of `volumes` to stdout, read through a throwaway container of
 /// `image` (the seed's `docker run --rm --volumes-from ... tar`). Containers
 /// that use the volumes are stopped for the copy so it is consistent (a

@@ -15,7 +15,10 @@
 //! 6. a changed Rails template variable (`puma_threads`) rolls out (a new
 //!    image, one task at a time, start-first) with no failed request;
 //! 7. the lost node's machine is replaced by a blank one: `--only` it, it
-//!    rejoins as one ready node (the old entry removed) with the Rails image.
+//!    rejoins as one ready node (the old entry removed) with the Rails image;
+//! 8. `backup n2` (PostGIS scaled to 0 for the copy, then back), n2's
+//!    machine replaced by a blank one, `--only n2 --restore-from latest`:
+//!    the new n2 serves the backup's rows and stores new ones.
 //!
 //! Own project prefix `pvswarm` and a 10.229.x.0/24 subnet; the lab removes
 //! its machines even when the test fails. Traffic goes only to the machines
@@ -212,15 +215,35 @@ fn service_field(lab: &Lab, name: &str, format: &str) -> String {
 /// Rows of the app's visits table, counted inside the PostGIS task's
 /// container on n2 (as the postgres user: local connections are `peer`).
 fn rows(lab: &Lab) -> u64 {
-    let script = format!(
+    let line = lab.dexec_ok("n2", &count_visits(lab));
+    line.parse()
+        .unwrap_or_else(|_| panic!("psql in the postgis task on n2 said {line:?}"))
+}
+
+fn count_visits(lab: &Lab) -> String {
+    format!(
         "docker exec -u postgres \
          $(docker ps -q -f label=com.docker.swarm.service.name={} | head -n 1) \
          psql -X -d app -tAc 'select count(*) from visits'",
         service(lab, "postgis")
-    );
-    let line = lab.dexec_ok("n2", &script);
-    line.parse()
-        .unwrap_or_else(|_| panic!("psql in the postgis task on n2 said {line:?}"))
+    )
+}
+
+/// A node's machine gone with its Docker data; the next `provision`
+/// makes a blank one at the same address.
+fn replace_with_blank(lab: &Lab, node: &str) {
+    let machine = lab.machine(node);
+    lab.docker(&["rm", "--force", &machine]);
+    lab.docker(&["volume", "rm", &format!("{machine}-docker")]);
+}
+
+/// [`rows`] once PostGIS's task on n2 answers (it is being rescheduled).
+fn rows_once_up(lab: &Lab, what: &str) -> u64 {
+    let script = count_visits(lab);
+    wait_for(what, Duration::from_secs(120), || {
+        let out = lab.dexec("n2", &script);
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    })
 }
 
 /// IDs of every running task of the stack (all four services), sorted.
@@ -487,9 +510,7 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
     // 7. The lost node's machine is replaced by a blank one at the same
     //    address: `--only` it rejoins (its old node entry removed), and it
     //    gets the Rails image, since Rails may run anywhere.
-    let machine = lab.machine(victim);
-    lab.docker(&["rm", "--force", &machine]);
-    lab.docker(&["volume", "rm", &format!("{machine}-docker")]);
+    replace_with_blank(&lab, victim);
     let back = lab
         .provision(&["--only", victim])
         .expect(0, &format!("--only {victim} on a blank machine"));
@@ -511,4 +532,56 @@ fn a_swarm_of_five_serves_the_stack_survives_a_lost_node_and_rolls_out() {
         &format!("docker image inspect --format '{{{{.Id}}}}' {new_image}"),
     );
     http_until(&url, "Total visits", Duration::from_secs(30));
+
+    // 8. PostGIS's node: `backup n2` (Swarm scales the service to 0 for
+    //    the copy and back), its machine replaced by a blank one, and
+    //    `--only n2 --restore-from latest` serves the old rows there.
+    let kept = rows(&lab);
+    let saved = lab
+        .provision(&["backup", "n2"])
+        .expect(0, "backup n2 (PostGIS's node)");
+    eprintln!("MEASURED swarm backup n2: {:.1} s", saved.secs());
+    assert!(
+        saved.text().contains("backup of n2 (pgdata)"),
+        "{}",
+        saved.text()
+    );
+    assert_eq!(
+        rows_once_up(&lab, "PostGIS back after the backup"),
+        kept,
+        "the backup gave PostGIS back with its rows"
+    );
+    assert_eq!(
+        service_field(&lab, "postgis", "{{.Spec.Mode.Replicated.Replicas}}"),
+        "1",
+        "postgis has its one task again"
+    );
+    replace_with_blank(&lab, "n2");
+    let back = lab
+        .provision(&["--only", "n2", "--restore-from", "latest"])
+        .expect(0, "--only n2 --restore-from latest on a blank machine");
+    eprintln!(
+        "MEASURED swarm --only n2 --restore-from latest (blank replacement): {:.1} s",
+        back.secs()
+    );
+    assert!(
+        back.text().contains("volume pgdata restored from"),
+        "{}",
+        back.text()
+    );
+    assert_eq!(
+        rows_once_up(&lab, "PostGIS on the new n2"),
+        kept,
+        "the new n2 serves the rows of the backup"
+    );
+    let before = number_after(
+        &http_until(&url, "Total visits", Duration::from_secs(60)),
+        "total",
+    );
+    let after = number_after(&lab.page(lab.addr(11)), "total");
+    assert!(
+        after > before,
+        "a visit after the restore counts: {before} then {after}"
+    );
+    assert!(rows(&lab) > kept, "and is stored in PostGIS on the new n2");
 }

@@ -120,6 +120,21 @@ fn the_swarm_plan_builds_once_ships_to_the_others_and_deploys_from_the_manager()
     let has = |list: &[String], id: &str| list.iter().any(|x| x == id);
     assert!(has(&n1, "n1/swarm"), "the manager inits: {n1:?}");
     assert!(has(&n1, "n1/nodes"), "{n1:?}");
+    // A node is labelled (its pinned tasks may start there) only once its
+    // volumes are made or restored: Swarm would make an empty one itself.
+    let labelled_after: Vec<String> = steps("n1").iter().find(|s| s["id"] == "n1/nodes").unwrap()
+        ["needs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    for v in ["n2/volume/pgdata", "n3/volume/redis-data"] {
+        assert!(
+            has(&labelled_after, v),
+            "n1/nodes waits for {v}: {labelled_after:?}"
+        );
+    }
     assert!(has(&n1, "n1/network"), "{n1:?}");
     for s in ["postgis", "redis", "rails", "nginx"] {
         assert!(

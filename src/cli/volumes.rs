@@ -3,11 +3,14 @@
 //! session closed with one audit line per host.
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::backup;
 use crate::inventory::Inventory;
+use crate::runtime::swarm::{self, Paused, Swarm};
 use crate::session::{LockPolicy, Session};
+use crate::transport::{Exec, Transport};
 
 use super::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
 
@@ -52,6 +55,137 @@ fn services_of(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Swarm mode: the hosts a volume verb on `host` opens (the host, and the
+/// first manager, which alone can scale the services that use its volumes).
+fn with_leader<'a>(inv: &'a Inventory, host: &'a str) -> Vec<&'a str> {
+    let mut names = vec![host];
+    if inv.swarm() {
+        let leader = inv
+            .hosts
+            .iter()
+            .find(|h| h.name == Swarm::of(inv).leader().name)
+            .map(|h| h.name.as_str())
+            .expect("the leader is a host");
+        if leader != host {
+            names.push(leader);
+        }
+    }
+    names
+}
+
+/// The stack services of `host` that mount any of `volumes`.
+fn swarm_users(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
+    services_of(inv, host, volumes)
+        .iter()
+        .map(|s| swarm::service_name(&inv.project.name, s))
+        .collect()
+}
+
+/// In swarm mode, stopping a task's container makes Swarm start another
+/// on the same volume (and starting the old one again afterwards would
+/// run two): the services are scaled to 0 on the leader instead, the
+/// copy waits until no container on the host uses the volumes, and
+/// [`resume`] gives the tasks back. Interrupted in between, the services
+/// carry a label no plan made, and the next run redeploys them.
+async fn pause(
+    leader: &dyn Transport,
+    host: &dyn Transport,
+    services: &[String],
+    volumes: &[String],
+) -> (Vec<Paused>, Result<(), String>) {
+    if services.is_empty() {
+        return (Vec::new(), Ok(()));
+    }
+    let out = match leader
+        .exec(Exec::new(swarm::pause_line(services)).timeout(Duration::from_secs(60)))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return (Vec::new(), Err(e.to_string())),
+    };
+    // What was scaled down before any failure: it is given back.
+    let paused = swarm::parse_paused(&out.stdout_str());
+    if !out.success() {
+        let e = format!(
+            "could not scale {} to 0 on {}: {}",
+            services.join(", "),
+            leader.name(),
+            out.stderr_str().trim()
+        );
+        return (paused, Err(e));
+    }
+    if !paused.is_empty() {
+        eprintln!(
+            "{}: {} scaled to 0 for the copy (a rerun of provision brings them back if this is interrupted)",
+            leader.name(),
+            paused
+                .iter()
+                .map(|p| p.service.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let gone = host
+        .exec(
+            Exec::new(crate::commands::wait_volumes_unused(volumes, 90))
+                .timeout(Duration::from_secs(120)),
+        )
+        .await;
+    let r = match gone {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(o.stderr_str().trim().to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    (paused, r)
+}
+
+/// The paused services given back their tasks, waited for until they run.
+async fn resume(leader: &dyn Transport, paused: &[Paused]) -> Result<(), String> {
+    if paused.is_empty() {
+        return Ok(());
+    }
+    let out = leader
+        .exec(Exec::new(swarm::resume_line(paused, 300)).timeout(Duration::from_secs(360)))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} did not come back: {} (the next run of provision redeploys them)",
+            paused
+                .iter()
+                .map(|p| p.service.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            out.stderr_str().trim()
+        ))
+    }
+}
+
+/// `work` with the swarm users of `volumes` on `host` paused around it
+/// (plain mode: `work` alone; it stops and starts the containers itself).
+async fn paused_around<T>(
+    hosts: &[Arc<dyn Transport>],
+    services: &[String],
+    volumes: &[String],
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let leader = hosts.last().expect("a host").as_ref();
+    let (paused, ready) = pause(leader, hosts[0].as_ref(), services, volumes).await;
+    let r = match ready {
+        Ok(()) => work.await,
+        Err(e) => Err(e),
+    };
+    let back = resume(leader, &paused).await;
+    match (r, back) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(b)) => Err(format!("{e}; and {b}")),
+    }
+}
+
 pub async fn backup(
     inv: &Inventory,
     t: &str,
@@ -84,7 +218,7 @@ pub async fn backup(
             .join("backups")
             .join(backup::backup_file_name(host, backup::now_secs(), volume)),
     };
-    let (session, hosts) = match Session::open_all(inv, &[host], &lock).await {
+    let (session, hosts) = match Session::open_all(inv, &with_leader(inv, host), &lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: backup: {e}");
@@ -104,7 +238,9 @@ pub async fn backup(
             .unwrap_or_default(),
         services: services_of(inv, host, &volumes),
     };
-    let r = backup::backup_to_file(hosts[0].as_ref(), &volumes, &path, true, &origin).await;
+    let users = swarm_users(inv, host, &volumes);
+    let copy = backup::backup_to_file(hosts[0].as_ref(), &volumes, &path, true, &origin);
+    let r = paused_around(&hosts, &users, &volumes, copy).await;
     let secs = started.elapsed().as_secs_f64();
     match r {
         Ok(w) if !w.manifest.empty_volumes.is_empty() && !allow_empty => {
@@ -194,7 +330,7 @@ pub async fn restore(
         }
         None => in_file.iter().map(|v| (v.clone(), v.clone())).collect(),
     };
-    let (session, hosts) = match Session::open_all(inv, &[host], &lock).await {
+    let (session, hosts) = match Session::open_all(inv, &with_leader(inv, host), &lock).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: restore: {e}");
@@ -203,15 +339,17 @@ pub async fn restore(
     };
     for (v, member) in &pairs {
         let started = Instant::now();
-        let r = backup::restore_from_file(
+        let volumes = [v.clone()];
+        let users = swarm_users(inv, host, &volumes);
+        let swap = backup::restore_from_file(
             hosts[0].as_ref(),
             session.project(),
             v,
             member,
             file,
             &checked,
-        )
-        .await;
+        );
+        let r = paused_around(&hosts, &users, &volumes, swap).await;
         if let Err(e) = r {
             session.close(|_| format!("FAILED: restore: {e}")).await;
             eprintln!("error: {e}");
@@ -238,6 +376,13 @@ pub async fn migrate(inv: &Inventory, volume: &str, from: &str, to: &str, lock: 
     }
     if from == to {
         eprintln!("error: migrate: --from and --to are the same host");
+        return EXIT_BAD_INPUT;
+    }
+    if inv.swarm() {
+        eprintln!(
+            "error: migrate: not in swarm mode (a pinned service's volume moves with its pin): \
+             `backup {from}`, change its `host` to {to}, then `provision --only {to} --restore-from FILE`"
+        );
         return EXIT_BAD_INPUT;
     }
     let (session, hosts) = match Session::open_all(inv, &[from, to], &lock).await {

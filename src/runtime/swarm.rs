@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::commands::{self, shell};
+use crate::commands::{self, shell, SPEC_LABEL};
 use crate::inventory::{Inventory, Role};
 use crate::plan::{self, Action, Condition, Step, StepId, StepKind};
 use crate::secrets::MASK;
@@ -49,6 +49,10 @@ pub struct Node {
     /// Ports its pinned services publish without `public = true`: only
     /// the swarm's nodes may connect (a task anywhere may be their user).
     pub guarded: Vec<u16>,
+    /// The named volumes its pinned services mount: made (or restored)
+    /// before the node is labelled, so no task of theirs starts on an
+    /// empty volume Docker would make itself.
+    pub volumes: Vec<String>,
 }
 
 /// The swarm of every host of the inventory.
@@ -100,6 +104,17 @@ impl Swarm {
                         .filter(|s| s.pinned && s.host == h.name && !s.public)
                         .flat_map(|s| s.publish.iter().map(|p| p.host_port))
                         .collect(),
+                    volumes: {
+                        let mut v: Vec<String> = inv
+                            .services
+                            .iter()
+                            .filter(|s| s.pinned && s.host == h.name)
+                            .flat_map(|s| s.volumes.iter().map(|m| m.volume.clone()))
+                            .collect();
+                        v.sort();
+                        v.dedup();
+                        v
+                    },
                 })
                 .collect(),
         }
@@ -247,7 +262,13 @@ impl Swarm {
         let needs: Vec<StepId> = self
             .nodes
             .iter()
-            .map(|n| StepId::host(&n.name, StepKind::Swarm))
+            .flat_map(|n| {
+                std::iter::once(StepId::host(&n.name, StepKind::Swarm)).chain(
+                    n.volumes
+                        .iter()
+                        .map(|v| StepId::named(&n.name, StepKind::Volume, v)),
+                )
+            })
             .collect();
         Step::new(
             self.leader_id(StepKind::Nodes),
@@ -552,6 +573,80 @@ fn converged_line(service: &str, replicas: u32, timeout: u64) -> String {
     )
 }
 
+/// The spec label a service holds while a volume verb has scaled it to 0:
+/// a run that finds it redeploys the service (the label is not the plan's),
+/// so an interrupted backup is undone by the next run.
+pub const PAUSED_SPEC: &str = "paused-for-volume-copy";
+
+/// A stack service a volume verb scaled to 0, and what to give back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paused {
+    pub service: String,
+    pub replicas: u32,
+    pub spec: String,
+}
+
+/// On the leader: each of `services` that exists scaled to 0 tasks, its
+/// label set to [`PAUSED_SPEC`]; prints `SERVICE REPLICAS SPEC` for each
+/// (read by [`parse_paused`]). A service not deployed yet is skipped.
+pub fn pause_line(services: &[String]) -> String {
+    let mut lines = vec!["set -e".to_string()];
+    for s in services {
+        let q = commands::quote(s);
+        lines.push(format!(
+            "if cur=$(docker service inspect --format '{{{{.Spec.Mode.Replicated.Replicas}}}} {{{{index .Spec.Labels \"{SPEC_LABEL}\"}}}}' {q} 2>/dev/null); then \
+               echo {q} $cur; \
+               docker service update --detach --quiet --replicas 0 --label-add {SPEC_LABEL}={PAUSED_SPEC} {q} >/dev/null; \
+             fi"
+        ));
+    }
+    lines.join("\n")
+}
+
+/// What [`pause_line`] printed.
+pub fn parse_paused(stdout: &str) -> Vec<Paused> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let service = w.next()?.to_string();
+            let replicas = w.next()?.parse().ok()?;
+            let spec = w.next().unwrap_or_default().to_string();
+            Some(Paused {
+                service,
+                replicas,
+                spec,
+            })
+        })
+        .collect()
+}
+
+/// On the leader: the paused services given back their tasks and labels,
+/// waited for until they run (a service paused twice keeps 0: the next
+/// run redeploys it).
+pub fn resume_line(paused: &[Paused], timeout: u64) -> String {
+    let mut lines = vec!["set -e".to_string()];
+    for p in paused {
+        let mut update = commands::argv([
+            "docker",
+            "service",
+            "update",
+            "--detach",
+            "--quiet",
+            "--replicas",
+        ]);
+        update.push(p.replicas.to_string());
+        update.push("--label-add".into());
+        update.push(format!("{SPEC_LABEL}={}", p.spec));
+        update.push(p.service.clone());
+        lines.push(format!("{} >/dev/null", shell(&update)));
+    }
+    for p in paused.iter().filter(|p| p.replicas > 0) {
+        lines.push(converged_line(&p.service, p.replicas, timeout));
+    }
+    lines.join("\n")
+}
+
 impl Runtime for Swarm {
     fn host_steps(&self, w: &HostWork) -> Vec<Step> {
         let node = self
@@ -623,7 +718,7 @@ impl Runtime for Swarm {
         // The spec: the whole document; its label is how the probe tells.
         let spec = plan::hash_str(&doc.to_string())[..16].to_string();
         let mut doc = doc;
-        doc["services"][&s.name]["deploy"]["labels"] = json!({ "provision.spec": spec });
+        doc["services"][&s.name]["deploy"]["labels"] = json!({ SPEC_LABEL: spec });
         let text = serde_json::to_string_pretty(&doc).expect("json");
 
         needs.push(StepId::host(&leader, StepKind::Network));
@@ -737,6 +832,42 @@ mod tests {
             &plan::hash_str("x"),
         );
         assert!(long.len() <= 64, "{long}");
+    }
+
+    #[test]
+    fn a_paused_service_is_given_back_what_it_had() {
+        let line = pause_line(&["shop_postgis".to_string()]);
+        assert!(
+            line.contains(
+                "--replicas 0 --label-add provision.spec=paused-for-volume-copy shop_postgis"
+            ),
+            "{line}"
+        );
+        let paused = parse_paused("shop_postgis 1 0123abcd\nshop_redis 1\n\n");
+        assert_eq!(
+            paused,
+            [
+                Paused {
+                    service: "shop_postgis".into(),
+                    replicas: 1,
+                    spec: "0123abcd".into()
+                },
+                Paused {
+                    service: "shop_redis".into(),
+                    replicas: 1,
+                    spec: String::new()
+                }
+            ]
+        );
+        let back = resume_line(&paused[..1], 60);
+        assert!(
+            back.contains("docker service update --detach --quiet --replicas 1 --label-add 'provision.spec=0123abcd' shop_postgis"),
+            "{back}"
+        );
+        assert!(
+            back.contains("tasks running after 60 s"),
+            "it waits for the task: {back}"
+        );
     }
 
     #[test]
