@@ -73,8 +73,12 @@ fn with_leader<'a>(inv: &'a Inventory, host: &'a str) -> Vec<&'a str> {
     names
 }
 
-/// The stack services of `host` that mount any of `volumes`.
+/// Swarm mode: the stack services of `host` that mount any of `volumes`
+/// (none in plain mode, where the copy stops and starts containers itself).
 fn swarm_users(inv: &Inventory, host: &str, volumes: &[String]) -> Vec<String> {
+    if !inv.swarm() {
+        return Vec::new();
+    }
     services_of(inv, host, volumes)
         .iter()
         .map(|s| swarm::service_name(&inv.project.name, s))
