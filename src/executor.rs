@@ -45,6 +45,8 @@ pub struct HostReport {
     /// Things the user must know about (where an automatic backup went).
     pub notes: Vec<String>,
     pub elapsed: Duration,
+    /// The steps that ran, when (for `PROVISION_TIMING`'s critical path).
+    pub spans: Vec<crate::timing::Span>,
 }
 
 /// A step that failed, or did not run because one it needs did not
@@ -383,6 +385,17 @@ impl HostRun {
         self.board.set(&step.id, o);
     }
 
+    /// The step ran from `began` until now (its base images included).
+    fn ran(&mut self, step: &Step, began: Instant) {
+        self.report.spans.push(crate::timing::Span {
+            id: step.id.clone(),
+            summary: step.summary.clone(),
+            needs: step.needs.clone(),
+            start: began,
+            end: Instant::now(),
+        });
+    }
+
     /// Something the user must know about this host.
     fn notice(&self, text: impl Into<String>) {
         self.events.notice(Some(&self.host), text);
@@ -396,6 +409,65 @@ impl HostRun {
         pending: &HashSet<StepId>,
         known: &HashSet<StepId>,
     ) {
+        let images = self.to_stage(plan, state, pending).await;
+        if images.is_empty() {
+            return self.run_steps(plan, t, state, pending, known, None).await;
+        }
+        // Docker is about to be installed: the base images go to the host
+        // meanwhile, so that once it answers only their load is left.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let project = self.project.clone();
+        let staging = async move {
+            let mut staged = HashSet::new();
+            for image in images {
+                if crate::images::stage(t, &project, &image).await.is_ok() {
+                    staged.insert(image);
+                }
+            }
+            let _ = tx.send(staged);
+        };
+        let steps = self.run_steps(plan, t, state, pending, known, Some(rx));
+        futures::future::join(staging, steps).await;
+    }
+
+    /// The base images to copy to the host while its Docker is installed:
+    /// those its pending steps need that this computer's engine has. None
+    /// when Docker already runs (a ship is as fast then) or is not to be
+    /// installed by this run.
+    async fn to_stage(
+        &self,
+        plan: &HostPlan,
+        state: &HostState,
+        pending: &HashSet<StepId>,
+    ) -> BTreeSet<String> {
+        let installs = plan
+            .steps
+            .iter()
+            .any(|s| s.kind() == StepKind::Docker && pending.contains(&s.id));
+        if state.docker_running() || !installs {
+            return BTreeSet::new();
+        }
+        let mut images = BTreeSet::new();
+        for s in plan.steps.iter().filter(|s| pending.contains(&s.id)) {
+            for b in &s.bases {
+                if !images.contains(b) && crate::images::local_has(b).await {
+                    images.insert(b.clone());
+                }
+            }
+        }
+        images
+    }
+
+    async fn run_steps(
+        &mut self,
+        plan: &HostPlan,
+        t: &dyn Transport,
+        state: &HostState,
+        pending: &HashSet<StepId>,
+        known: &HashSet<StepId>,
+        mut staging: Option<tokio::sync::oneshot::Receiver<HashSet<String>>>,
+    ) {
+        let mut staged = HashSet::new();
         let mut state = state.clone();
         let mut pending = pending.clone();
         let mut bases = state.bases.clone();
@@ -432,11 +504,27 @@ impl HostRun {
                 self.finish(step, Outcome::Unchanged);
                 continue;
             }
+            let began = Instant::now();
             // Base images first: shipped from this computer's engine when the
             // host lacks them, pulled by the host otherwise.
             let mut missing_base = None;
             let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
             for b in wanted {
+                if let Some(rx) = staging.take() {
+                    staged = rx.await.unwrap_or_default();
+                }
+                if staged.remove(b) {
+                    self.notice(format!(
+                        "loading image {b} (copied to the host while Docker was installed)"
+                    ));
+                    match crate::images::load_staged(t, &self.project, b).await {
+                        Ok(()) => {
+                            bases.insert(b.clone());
+                            continue;
+                        }
+                        Err(e) => self.notice(format!("{e}: shipping it instead")),
+                    }
+                }
                 match self.ensure_base(t, b, &state).await {
                     Ok(()) => {
                         bases.insert(b.clone());
@@ -455,6 +543,7 @@ impl HostRun {
                 } else {
                     Outcome::Failed(e)
                 };
+                self.ran(step, began);
                 self.finish(step, o);
                 continue;
             }
@@ -507,6 +596,7 @@ impl HostRun {
             };
             let restarted =
                 step.kind() == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
+            self.ran(step, began);
             self.finish(step, o);
             if restarted {
                 // The daemon was not answering (stopped, or not installed),

@@ -144,6 +144,90 @@ pub async fn ship(t: &dyn Transport, image: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where [`stage`] leaves an image's tar on a host, under the project's
+/// state (one file per image; a name's `/` and `:` become `_`).
+pub fn staged_path(project: &str, image: &str) -> String {
+    let file: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/var/lib/provision/{project}/images/{file}.tar")
+}
+
+/// `docker save IMAGE` here written to a file on the host, for a host whose
+/// Docker is still being installed: the copy overlaps the install, and once
+/// Docker answers only [`load_staged`] is left. The file appears whole or
+/// not at all (written beside it, then renamed).
+pub async fn stage(t: &dyn Transport, project: &str, image: &str) -> Result<(), String> {
+    let path = staged_path(project, image);
+    let dir = path.rsplit_once('/').map_or("/", |(d, _)| d);
+    let part = format!("{path}.part");
+    let line = format!(
+        "mkdir -p {dir} && cat > {part} && mv -f {part} {path}",
+        dir = commands::quote(dir),
+        part = commands::quote(&part),
+        path = commands::quote(&path),
+    );
+    let mut child = tokio::process::Command::new("docker")
+        .args(["save", image])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run docker save: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let out = t
+        .exec(
+            Exec::new(line)
+                .stdin_reader(Box::new(stdout))
+                .timeout(Duration::from_secs(900)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let saved = child.wait().await.map_err(|e| e.to_string())?;
+    if !saved.success() || !out.success() {
+        let _ = t
+            .exec(
+                Exec::new(format!("rm -f {}", commands::quote(&part)))
+                    .timeout(Duration::from_secs(30)),
+            )
+            .await;
+        return Err(format!(
+            "copying {image} to {} failed: {}",
+            t.name(),
+            last_line(&out.stderr_str())
+        ));
+    }
+    Ok(())
+}
+
+/// `docker load` of the file [`stage`] left on the host, then the file
+/// removed (also when the load fails: the caller ships the image instead).
+pub async fn load_staged(t: &dyn Transport, project: &str, image: &str) -> Result<(), String> {
+    let path = commands::quote(&staged_path(project, image)).into_owned();
+    let out = t
+        .exec(
+            Exec::new(format!(
+                "docker load -i {path} >/dev/null; s=$?; rm -f {path}; exit $s"
+            ))
+            .timeout(Duration::from_secs(900)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!(
+            "docker load of {image} failed: {}",
+            last_line(&out.stderr_str())
+        ));
+    }
+    Ok(())
+}
+
 /// `docker save IMAGE` on the host behind `from` streamed into `docker
 /// load` on the host behind `to` (through this computer, never to disk).
 pub async fn relay(from: &dyn Transport, to: &dyn Transport, image: &str) -> Result<(), String> {
@@ -285,5 +369,27 @@ mod tests {
             "{e}"
         );
         assert!(t.lines.lock().unwrap().is_empty(), "the host is not asked");
+    }
+
+    #[tokio::test]
+    async fn a_staged_image_is_written_whole_then_loaded_and_removed() {
+        assert_eq!(
+            staged_path("shop", "provision/debian:bookworm"),
+            "/var/lib/provision/shop/images/provision_debian_bookworm.tar"
+        );
+        let t = host(vec![]);
+        load_staged(&t, "shop", "debian:bookworm").await.unwrap();
+        let f = "/var/lib/provision/shop/images/debian_bookworm.tar";
+        assert_eq!(
+            t.lines.lock().unwrap().as_slice(),
+            [format!(
+                "docker load -i {f} >/dev/null; s=$?; rm -f {f}; exit $s"
+            )]
+        );
+        let t = host(vec![("docker load", 1)]);
+        let e = load_staged(&t, "shop", "debian:bookworm")
+            .await
+            .unwrap_err();
+        assert_eq!(e, "docker load of debian:bookworm failed: no such host");
     }
 }

@@ -164,6 +164,12 @@ pub async fn up_with(
         .collect();
     let reports = up_locked(plan, hosts, opts, events).await;
     crate::timing::mark("steps run");
+    if crate::timing::enabled() {
+        let spans: Vec<_> = reports.iter().flat_map(|r| r.spans.clone()).collect();
+        for line in crate::timing::steps_report(&spans, crate::timing::origin()) {
+            eprintln!("timing: {line}");
+        }
+    }
     session
         .close(|host| {
             let result = match reports.iter().find(|r| r.host == host) {
