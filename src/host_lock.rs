@@ -361,16 +361,23 @@ async fn release_info(t: &dyn Transport, project: &str, info: &str) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-/// Append `owner<TAB>command<TAB>result` to the host's audit log.
-pub async fn audit(
+/// Append `owner<TAB>command<TAB>result` to the host's audit log, then
+/// release the lock if it is still this run's: one command, so the end of a
+/// run costs each host one process, not two. The release runs whatever the
+/// append did.
+pub async fn audit_and_release(
     t: &dyn Transport,
     project: &str,
     run: &RunId,
     result: &str,
 ) -> Result<(), String> {
-    let line = commands::audit_append(
-        project,
-        &format!("{}\t{}\t{result}", run.owner, run.command),
+    let line = format!(
+        "{{ {}; }}; {}",
+        commands::audit_append(
+            project,
+            &format!("{}\t{}\t{result}", run.owner, run.command),
+        ),
+        commands::lock_release(project, &run.lock_info())
     );
     t.exec(Exec::new(line).timeout(Duration::from_secs(30)))
         .await

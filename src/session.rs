@@ -340,18 +340,12 @@ impl Session {
         let result = &result;
         join_all(self.locked.iter().map(|t| async move {
             let line = result(t.name());
-            // Two independent commands: side by side on the one connection.
-            let (audited, released) = tokio::join!(
-                host_lock::audit(t.as_ref(), project, run, &line),
-                host_lock::release(t.as_ref(), project, run)
-            );
-            if let Err(e) = audited {
+            if let Err(e) = host_lock::audit_and_release(t.as_ref(), project, run, &line).await {
+                // One command did both: neither is known to have happened.
                 notify.say(Notice::AuditFailed {
                     host: t.name(),
                     error: &e,
                 });
-            }
-            if let Err(e) = released {
                 notify.say(Notice::ReleaseFailed {
                     host: t.name(),
                     error: &e,
