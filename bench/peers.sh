@@ -3,7 +3,9 @@
 # local machines, for the same converged work (Docker answers; one templated
 # image built; one container with a named volume and a published port, on
 # each host). Times NO-OP reruns: N interleaved rounds, each tool in turn
-# (the order rotates every round), and prints medians and ratios.
+# (the order rotates every round), and prints medians and ratios. provision
+# runs three times per round: as root, as `ops` (a sudo user on the same
+# hosts) and as `opsd` (a sudo user in the docker group).
 #
 #   bench/peers.sh [ROUNDS]     # default 9 rounds
 #   bench/peers.sh change       # change detection: new template value, rerun each tool
@@ -45,6 +47,11 @@ export ANSIBLE_CONFIG="$PWD/ansible/ansible.cfg"
 export ANSIBLE_NOCOLOR=1 PYTHONWARNINGS=ignore
 
 run_provision() { "$bin" --hosts hosts.toml "$@"; }
+# The same hosts reached as `ops`, a non-root user with passwordless sudo
+# (the usual cloud login): sudo.toml is hosts.toml with `user = "ops"`; and
+# as `opsd`, the same but also in the docker group (sudo-docker.toml).
+run_sudo() { "$bin" --hosts sudo.toml; }
+run_sudo_docker() { "$bin" --hosts sudo-docker.toml; }
 run_full() { "$bin" --hosts full.toml; }
 run_ansible() { (cd ansible && "$venv/bin/ansible-playbook" playbook.yml); }
 run_ansible_docker() { (cd ansible && "$venv/bin/ansible-playbook" playbook-docker.yml); }
@@ -91,6 +98,16 @@ prepare() {
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-requests >/dev/null; }' &
   done
   wait
+  # The sudo users: the root key authorized, sudo without a password.
+  for h in "${hosts[@]}"; do
+    ssh "${ssh_opts[@]}" "root@$h" 'for u in ops opsd; do id $u >/dev/null 2>&1 || { useradd -m -s /bin/sh $u &&
+      install -d -m 700 -o $u -g $u /home/$u/.ssh &&
+      install -m 600 -o $u -g $u /root/.ssh/authorized_keys /home/$u/.ssh/authorized_keys &&
+      echo "$u ALL=(ALL) NOPASSWD:ALL" >/etc/sudoers.d/$u && chmod 440 /etc/sudoers.d/$u; }; done
+      gpasswd -a opsd docker >/dev/null'
+  done
+  sed 's/^machine = "local"$/&\nuser = "ops"/' hosts.toml >sudo.toml
+  sed 's/^machine = "local"$/&\nuser = "opsd"/' hosts.toml >sudo-docker.toml
   run_ansible >/dev/null 2>&1
   run_ansible_docker >/dev/null 2>&1
   run_pyinfra >/dev/null 2>&1
@@ -100,6 +117,8 @@ prepare() {
   fi
   # Every tool's rerun must change nothing.
   converge provision 'Nothing changed' run_provision
+  converge provision-sudo 'Nothing changed' run_sudo
+  converge provision-sudo-docker 'Nothing changed' run_sudo_docker
   converge ansible 'm1 +: ok=[0-9]+ +changed=0 .*' run_ansible
   converge ansible-docker 'm1 +: ok=[0-9]+ +changed=0 .*' run_ansible_docker
   converge pyinfra 'Grand total +10 +- +- +10' run_pyinfra
@@ -171,11 +190,13 @@ fi
 # --- timing --------------------------------------------------------------
 rounds=${1:-9}
 prepare
-tools=(provision ansible ansible-docker pyinfra yardstick ssh_true)
+tools=(provision sudo sudo_docker ansible ansible-docker pyinfra yardstick ssh_true)
 [ "${BENCH_FULL:-1}" = 0 ] || tools+=(full)
-declare -A fn=([provision]=run_provision [ansible]=run_ansible [ansible-docker]=run_ansible_docker
+declare -A fn=([provision]=run_provision [sudo]=run_sudo [sudo_docker]=run_sudo_docker [ansible]=run_ansible [ansible-docker]=run_ansible_docker
   [pyinfra]=run_pyinfra [yardstick]=run_yardstick [ssh_true]=run_ssh_true [full]=run_full)
 declare -A label=([provision]="provision (2 hosts, 1 service each)"
+  [sudo]="provision as a sudo user (same hosts)"
+  [sudo_docker]="provision as a sudo user in group docker"
   [ansible]="Ansible (command tasks)" [ansible-docker]="Ansible (community.docker)"
   [pyinfra]="pyinfra (docker ops)" [yardstick]="shell yardstick (1 ssh per host)"
   [ssh_true]="fresh \`ssh host true\` (floor)" [full]="provision, full playground")
@@ -213,6 +234,9 @@ def check(name, ok, detail):
 print("targets:")
 check("provision >= 20x faster than Ansible", med["ansible"] / p >= 20, f"{med['ansible'] / p:.1f}x")
 check("provision >= 6x faster than pyinfra", med["pyinfra"] / p >= 6, f"{med['pyinfra'] / p:.1f}x")
+check("the sudo user's no-op <= 1.3x root's", med["sudo"] / p <= 1.3, f"{med['sudo'] / p:.2f}x")
+check("a sudo user in group docker: no-op <= 1.3x root's", med["sudo_docker"] / p <= 1.3,
+      f"{med['sudo_docker'] / p:.2f}x")
 check("provision <= 0.5x the shell yardstick", p / med["yardstick"] <= 0.5, f"{p / med['yardstick']:.2f}x")
 if "full" in med:
     check("full playground <= 1.0x one fresh ssh", med["full"] / med["ssh_true"] <= 1.0,

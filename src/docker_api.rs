@@ -1,13 +1,16 @@
 //! The host probe through Docker's API socket, reached over the SSH
 //! connection itself (a direct-streamlocal channel): no process starts on
 //! the host for the Docker queries, so a no-op run costs about one round
-//! trip per query. Hosts where that is not possible (a sudo user, forwarding
-//! disabled, Docker missing) are probed with commands instead.
+//! trip per query. A sudo user may not open root's socket: their queries go
+//! through one `sudo docker system dial-stdio` relay, in turn. Hosts where
+//! neither works (forwarding disabled, a sudo that asks for a password,
+//! Docker missing) are probed with commands instead.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -39,88 +42,146 @@ impl CallError {
     }
 }
 
-/// One GET on the API socket; `Ok(None)` for a 404.
-async fn get(t: &dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
-    get_within(t, SOCKET, path, CALL_DEADLINE).await
-}
-
 /// One GET on the API at `socket` on the host behind `t`; `Ok(None)` for a
 /// 404. Bounded by [`CALL_DEADLINE`].
 pub async fn get_at(t: &dyn Transport, socket: &str, path: &str) -> Result<Option<Value>, String> {
-    get_within(t, socket, path, CALL_DEADLINE)
-        .await
-        .map_err(CallError::message)
+    let api = Api {
+        t,
+        socket,
+        relayed: false,
+        kept: tokio::sync::Mutex::new(None),
+    };
+    api.get(path).await.map_err(CallError::message)
 }
 
-async fn get_within(
-    t: &dyn Transport,
-    socket: &str,
-    path: &str,
-    deadline: Duration,
-) -> Result<Option<Value>, CallError> {
-    match tokio::time::timeout(deadline, get_unbounded(t, socket, path)).await {
-        Ok(r) => r.map_err(CallError::Unusable),
-        Err(_) => Err(CallError::Hung(format!(
-            "{}: Docker API GET {} on {socket}: no answer within {} s (is the Docker daemon hung?)",
-            t.name(),
-            path.split('?').next().unwrap_or(path),
-            deadline.as_secs_f32()
-        ))),
-    }
+/// One HTTP/1.1 connection to the API: its sender, and the task driving it
+/// (ended when this is dropped, also when a deadline drops a call midway).
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    _driver: AbortOnDrop<()>,
 }
 
-async fn get_unbounded(
-    t: &dyn Transport,
-    socket: &str,
-    path: &str,
-) -> Result<Option<Value>, String> {
-    let req = hyper::Request::get(path)
-        .header("Host", "docker")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let (status, body) = call(t, socket, req).await?;
-    if status == hyper::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !status.is_success() {
-        return Err(format!("docker API {path}: {status}"));
-    }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| format!("docker API {path}: {e}"))
-}
-
-/// One HTTP request on the API socket `socket` of the host behind `t`:
-/// its status and body. Unbounded: callers set the deadline.
-async fn call(
-    t: &dyn Transport,
-    socket: &str,
-    req: hyper::Request<Full<Bytes>>,
-) -> Result<(hyper::StatusCode, Bytes), String> {
-    let stream = t
+async fn connect(t: &dyn Transport, socket: &str) -> Result<(Connection, bool), String> {
+    let opened = t
         .unix_stream(socket)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no socket stream")?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+    let io = hyper_util::rt::TokioIo::new(opened.stream);
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
         .await
         .map_err(|e| format!("docker API: {e}"))?;
-    // The connection task ends with this call, also when the deadline
-    // drops it midway.
-    let _stop_driver = AbortOnDrop(tokio::spawn(conn));
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("docker API: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("docker API: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    Ok((
+        Connection {
+            sender,
+            _driver: driver,
+        },
+        opened.relayed,
+    ))
+}
+
+impl Connection {
+    /// One request and its whole answer: status and body.
+    async fn send(
+        &mut self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("docker API: {e}"))?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("docker API: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("docker API: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// The API of one host for the calls of one probe. Over channels of the SSH
+/// connection every call has a stream of its own, and they run at the same
+/// time. Through a relay (a sudo user's `sudo docker system dial-stdio`)
+/// each stream is a process on the host: the calls take turns on one.
+struct Api<'a> {
+    t: &'a dyn Transport,
+    socket: &'a str,
+    relayed: bool,
+    /// Relayed: the one connection. Direct: the connection [`Api::open`]
+    /// made, for the next call to use rather than open another.
+    kept: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl<'a> Api<'a> {
+    /// Connects once, to learn how streams are opened on this host.
+    async fn open(t: &'a dyn Transport, socket: &'a str) -> Result<Api<'a>, CallError> {
+        let connected = tokio::time::timeout(CALL_DEADLINE, connect(t, socket)).await;
+        let (conn, relayed) = match connected {
+            Ok(r) => r.map_err(CallError::Unusable)?,
+            Err(_) => return Err(hung(t, socket, "(connect)")),
+        };
+        Ok(Api {
+            t,
+            socket,
+            relayed,
+            kept: tokio::sync::Mutex::new(Some(conn)),
+        })
+    }
+
+    /// One GET; `Ok(None)` for a 404. Bounded by [`CALL_DEADLINE`], waiting
+    /// for a relay's turn included.
+    async fn get(&self, path: &str) -> Result<Option<Value>, CallError> {
+        match tokio::time::timeout(CALL_DEADLINE, self.get_unbounded(path)).await {
+            Ok(r) => r.map_err(CallError::Unusable),
+            Err(_) => Err(hung(self.t, self.socket, path)),
+        }
+    }
+
+    async fn get_unbounded(&self, path: &str) -> Result<Option<Value>, String> {
+        let req = hyper::Request::get(path)
+            .header("Host", "docker")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = if self.relayed {
+            let mut kept = self.kept.lock().await;
+            kept.as_mut().ok_or("no socket stream")?.send(req).await?
+        } else {
+            let spare = self.kept.lock().await.take();
+            let mut conn = match spare {
+                Some(c) => c,
+                None => connect(self.t, self.socket).await?.0,
+            };
+            conn.send(req).await?
+        };
+        if status == hyper::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!("docker API {path}: {status}"));
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| format!("docker API {path}: {e}"))
+    }
+}
+
+fn hung(t: &dyn Transport, socket: &str, path: &str) -> CallError {
+    CallError::Hung(format!(
+        "{}: Docker API GET {} on {socket}: no answer within {} s (is the Docker daemon hung?)",
+        t.name(),
+        path.split('?').next().unwrap_or(path),
+        CALL_DEADLINE.as_secs_f32()
+    ))
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -147,7 +208,12 @@ pub async fn probe(
     swarm: bool,
 ) -> Result<Option<String>, String> {
     let filter = label_filter(project);
-    let version = match get(t, "/version").await {
+    let api = match Api::open(t, SOCKET).await {
+        Ok(api) => api,
+        Err(CallError::Hung(m)) => return Err(m),
+        Err(CallError::Unusable(_)) => return Ok(None),
+    };
+    let version = match api.get("/version").await {
         Ok(Some(v)) => match v["Version"].as_str() {
             Some(v) => v.to_string(),
             None => return Ok(None),
@@ -165,13 +231,13 @@ pub async fn probe(
         .idempotent(true);
     let base_paths: Vec<String> = bases.iter().map(|b| format!("/images/{b}/json")).collect();
     let (images, containers, networks, volumes, extras, base_found, swarm_text) = tokio::join!(
-        get(t, &images_path),
-        get(t, &containers_path),
-        get(t, &networks_path),
-        get(t, "/volumes"),
+        api.get(&images_path),
+        api.get(&containers_path),
+        api.get(&networks_path),
+        api.get("/volumes"),
         t.exec(rest),
-        futures::future::join_all(base_paths.iter().map(|p| get(t, p))),
-        swarm_probe(t, project, swarm),
+        futures::future::join_all(base_paths.iter().map(|p| api.get(p))),
+        swarm_probe(&api, project, swarm),
     );
     let swarm_text = swarm_text?;
     let base_found = base_found
@@ -217,7 +283,7 @@ pub async fn probe(
 /// The swarm's part of the probe through the API, as the text
 /// [`commands::swarm_probe`] prints: asked only of a swarm's nodes, all at
 /// once (a worker answers the manager-only calls with an error, ignored).
-async fn swarm_probe(t: &dyn Transport, project: &str, swarm: bool) -> Result<String, String> {
+async fn swarm_probe(api: &Api<'_>, project: &str, swarm: bool) -> Result<String, String> {
     if !swarm {
         return Ok(String::new());
     }
@@ -227,11 +293,11 @@ async fn swarm_probe(t: &dyn Transport, project: &str, swarm: bool) -> Result<St
         utf8_percent_encode(&stack, NON_ALPHANUMERIC)
     );
     let (info, nodes, services, secrets, configs) = tokio::join!(
-        get(t, "/info"),
-        get(t, "/nodes"),
-        get(t, &services_path),
-        get(t, "/secrets"),
-        get(t, "/configs"),
+        api.get("/info"),
+        api.get("/nodes"),
+        api.get(&services_path),
+        api.get("/secrets"),
+        api.get("/configs"),
     );
     let ok = |r: Result<Option<Value>, CallError>| match r {
         Ok(v) => Ok(v.unwrap_or(Value::Null)),
@@ -362,7 +428,7 @@ pub async fn post_json(
             .header("Content-Type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        let (status, text) = call(t, SOCKET, req).await?;
+        let (status, text) = connect(t, SOCKET).await?.0.send(req).await?;
         if status.is_success() {
             return Ok(Ok(()));
         }

@@ -196,4 +196,45 @@ fn the_two_host_playground_end_to_end() {
         !lab.reaches(lab.addr(12), &db, 5432),
         "a third machine reached PostgreSQL on host 2"
     );
+
+    // 6. The same hosts reached as `ops`, a sudo user outside the docker
+    //    group (the usual cloud login): a change is applied, a rerun changes
+    //    nothing, and the probe's API calls went through the sudo relay.
+    for host in [10, 11] {
+        lab.ssh_ok(
+            lab.addr(host),
+            "id ops >/dev/null 2>&1 || { useradd -m -s /bin/sh ops && \
+             install -d -m 700 -o ops -g ops /home/ops/.ssh && \
+             install -m 600 -o ops -g ops /root/.ssh/authorized_keys /home/ops/.ssh/ && \
+             echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops; }",
+        );
+    }
+    write_hosts(&lab, &BTreeMap::from([("worker_connections", "256")]));
+    let as_ops = std::fs::read_to_string(lab.path().join("hosts.toml"))
+        .unwrap()
+        .replace("machine = \"local\"\n", "machine = \"local\"\nuser = \"ops\"\n");
+    assert_eq!(as_ops.matches("user = \"ops\"").count(), 2, "{as_ops}");
+    lab.write("hosts.toml", &as_ops);
+    lab.provision(&[]).expect(0, "nginx changed, as a sudo user");
+    let conf = lab.ssh_ok(
+        lab.addr(10),
+        &format!(
+            "docker exec {} cat /etc/nginx/nginx.conf",
+            lab.container("nginx")
+        ),
+    );
+    assert!(conf.contains("worker_connections 256"), "{conf}");
+    visit(&lab);
+    let out = lab.provision(&[]).expect(0, "rerun as a sudo user");
+    assert!(out.text().contains("Nothing changed"), "{}", out.text());
+    eprintln!("no-op rerun as a sudo user: {:.3} s", out.secs());
+    // sudo logs each command it runs to the journal of host 1 (systemd).
+    let relayed = lab.ssh_ok(
+        lab.addr(10),
+        "journalctl -q --no-pager _COMM=sudo | grep -c 'COMMAND=.*docker.* system dial-stdio' || true",
+    );
+    assert!(
+        relayed.trim().parse::<u32>().unwrap_or(0) >= 2,
+        "the probe did not use the sudo relay: {relayed}"
+    );
 }

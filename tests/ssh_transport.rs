@@ -35,6 +35,17 @@ async fn connect(sshd: &Sshd) -> SshTransport {
     }
 }
 
+/// A connection to `sshd` as the local user `name` (created if need be,
+/// with sudo as `rule` says), lines run through sudo.
+async fn connect_sudo_user(sshd: &Sshd, name: &str, rule: SudoRule) -> SshTransport {
+    ensure_user(name, rule);
+    sshd.authorize(name, &sshd.client_key.with_extension("pub"));
+    let mut tg = target(sshd);
+    tg.user = name.into();
+    tg.sudo = true;
+    SshTransport::connect(tg).await.unwrap()
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -448,12 +459,7 @@ async fn timeout_fires_and_closes_the_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_root_user_with_passwordless_sudo_uploads_root_owned_files() {
     let sshd = Sshd::start();
-    ensure_user("provtest_nopw", SudoRule::NoPassword);
-    sshd.authorize("provtest_nopw", &sshd.client_key.with_extension("pub"));
-    let mut tg = target(&sshd);
-    tg.user = "provtest_nopw".into();
-    tg.sudo = true;
-    let t = SshTransport::connect(tg).await.unwrap();
+    let t = connect_sudo_user(&sshd, "provtest_nopw", SudoRule::NoPassword).await;
     let out = t.exec(Exec::new("id -un")).await.unwrap();
     assert_eq!(out.stdout_str().trim(), "root", "{out:?}");
 
@@ -481,6 +487,62 @@ async fn non_root_user_with_passwordless_sudo_uploads_root_owned_files() {
     wait_gone(&sshd, "sleep 988").await;
 }
 
+/// A sudo user may not open root's Docker socket over the connection: the
+/// API goes through `sudo docker system dial-stdio`, and several requests
+/// share that one stream (one process on the host, not one per request).
+/// A sudo user in the docker group opens the socket as root does.
+/// Where sudo asks for a password the stream gives no answer, so the probe
+/// falls back to commands, which name the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sudo_users_docker_api_goes_through_one_relay() {
+    if !support::lab::engine(false) {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = connect_sudo_user(&sshd, "provtest_nopw", SudoRule::NoPassword).await;
+    let socket = provision::docker_api::SOCKET;
+    let opened = t.unix_stream(socket).await.unwrap().expect("a stream");
+    assert!(opened.relayed);
+    drop(opened);
+    let version = provision::docker_api::get_at(&t, socket, "/version")
+        .await
+        .unwrap()
+        .expect("an answer");
+    assert!(version["Version"].is_string(), "{version}");
+    // The whole probe (its calls in turn on one relay) answers.
+    let text = provision::docker_api::probe(&t, "provtest-relay", &["debian:none".into()], false)
+        .await
+        .unwrap()
+        .expect("the probe through the API");
+    assert!(text.starts_with("@docker "), "{text}");
+    // The relay ends with its stream.
+    wait_gone(&sshd, "dial-stdio").await;
+
+    // A sudo user in the socket's group (docker) opens it directly, as root
+    // does: no process starts on the host.
+    ensure_user("provtest_dockergrp", SudoRule::NoPassword);
+    let added = std::process::Command::new("gpasswd")
+        .args(["-a", "provtest_dockergrp", "docker"])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let t = connect_sudo_user(&sshd, "provtest_dockergrp", SudoRule::NoPassword).await;
+    let opened = t.unix_stream(socket).await.unwrap().expect("a stream");
+    assert!(!opened.relayed);
+    drop(opened);
+    assert!(provision::docker_api::get_at(&t, socket, "/version")
+        .await
+        .unwrap()
+        .is_some());
+
+    let t = connect_sudo_user(&sshd, "provtest_pw", SudoRule::Password).await;
+    let err = provision::docker_api::get_at(&t, socket, "/version")
+        .await
+        .unwrap_err();
+    assert!(err.contains("docker API"), "{err}");
+    wait_gone(&sshd, "dial-stdio").await;
+}
+
 /// Polls (with a deadline) until no process under `sshd` has `pattern` in
 /// its command line.
 async fn wait_gone(sshd: &Sshd, pattern: &str) {
@@ -503,12 +565,7 @@ async fn wait_gone(sshd: &Sshd, pattern: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sudo_that_wants_a_password_is_a_clear_error() {
     let sshd = Sshd::start();
-    ensure_user("provtest_pw", SudoRule::Password);
-    sshd.authorize("provtest_pw", &sshd.client_key.with_extension("pub"));
-    let mut tg = target(&sshd);
-    tg.user = "provtest_pw".into();
-    tg.sudo = true;
-    let t = SshTransport::connect(tg).await.unwrap();
+    let t = connect_sudo_user(&sshd, "provtest_pw", SudoRule::Password).await;
     let err = t.exec(Exec::new("apt-get update")).await.unwrap_err();
     assert!(
         matches!(err, TransportError::SudoNeedsPassword { .. }),

@@ -44,14 +44,14 @@ impl Default for LocalTransport {
 
 #[async_trait]
 impl Transport for LocalTransport {
-    async fn unix_stream(
-        &self,
-        path: &str,
-    ) -> Result<Option<Box<dyn super::DuplexStream>>, TransportError> {
+    async fn unix_stream(&self, path: &str) -> Result<Option<super::SocketStream>, TransportError> {
         Ok(tokio::net::UnixStream::connect(path)
             .await
             .ok()
-            .map(|s| Box::new(s) as Box<dyn super::DuplexStream>))
+            .map(|s| super::SocketStream {
+                stream: Box::new(s),
+                relayed: false,
+            }))
     }
 
     async fn exec(&self, req: Exec) -> Result<ExecOutput, TransportError> {

@@ -40,15 +40,21 @@ pub trait Transport: Send + Sync {
     /// The host's name, for messages.
     fn name(&self) -> &str;
 
-    /// A byte stream to a Unix socket on the host (Docker's API socket),
-    /// opened without starting a process there. `None` when this transport
-    /// cannot (e.g. a sudo user, who may not read the socket).
-    async fn unix_stream(
-        &self,
-        _path: &str,
-    ) -> Result<Option<Box<dyn DuplexStream>>, TransportError> {
+    /// A byte stream to Docker's API socket `path` on the host. `None` when
+    /// this transport cannot open one (forwarding refused, no socket).
+    async fn unix_stream(&self, _path: &str) -> Result<Option<SocketStream>, TransportError> {
         Ok(None)
     }
+}
+
+/// A byte stream to a Unix socket on a host, and what opening it cost.
+pub struct SocketStream {
+    pub stream: Box<dyn DuplexStream>,
+    /// Opened through a process on the host (a sudo user's
+    /// `sudo docker system dial-stdio`) rather than as a channel of the
+    /// connection: a caller with several requests keeps this one open and
+    /// sends them in turn, starting one process instead of one per request.
+    pub relayed: bool,
 }
 
 /// A two-way byte stream.

@@ -322,20 +322,40 @@ impl Transport for SshTransport {
         }
     }
 
-    async fn unix_stream(
-        &self,
-        path: &str,
-    ) -> Result<Option<Box<dyn super::DuplexStream>>, TransportError> {
-        if self.inner.target.sudo {
-            return Ok(None);
-        }
+    async fn unix_stream(&self, path: &str) -> Result<Option<super::SocketStream>, TransportError> {
         let conn = self.conn().await?;
-        match conn.handle.channel_open_direct_streamlocal(path).await {
-            Ok(ch) => Ok(Some(Box::new(ch.into_stream()))),
-            // Forwarding refused (AllowStreamLocalForwarding no, or no socket):
-            // the caller falls back to running commands.
-            Err(_) => Ok(None),
+        let direct = conn.handle.channel_open_direct_streamlocal(path).await;
+        if let Ok(ch) = direct {
+            // Root, or a sudo user in the socket's group (docker).
+            return Ok(Some(super::SocketStream {
+                stream: Box::new(ch.into_stream()),
+                relayed: false,
+            }));
         }
+        if self.inner.target.sudo {
+            // The socket is root's: sshd, running as the user, may not open
+            // it, but `sudo docker` may, and relays it over stdin and stdout.
+            // No right is added on the host: the user could run that already.
+            let permit = self.slot().await;
+            let Ok((ch, permit)) = open_session(&conn, permit).await else {
+                return Ok(None);
+            };
+            if ch.exec(true, relay_line(path)).await.is_err() {
+                return Ok(None);
+            }
+            // sudo asking for a password, or no docker CLI: the stream ends
+            // at once, the first request fails and the caller falls back.
+            return Ok(Some(super::SocketStream {
+                stream: Box::new(WithPermit {
+                    stream: ch.into_stream(),
+                    _permit: permit,
+                }),
+                relayed: true,
+            }));
+        }
+        // Forwarding refused (AllowStreamLocalForwarding no, or no socket):
+        // the caller falls back to running commands.
+        Ok(None)
     }
 
     async fn upload_tar(
@@ -348,6 +368,56 @@ impl Transport for SshTransport {
 
     fn name(&self) -> &str {
         &self.inner.target.name
+    }
+}
+
+/// The line a sudo user's stream to the Docker socket `path` runs: the
+/// docker CLI's own relay (what `docker -H ssh://` runs on the far side),
+/// as root. No pid line: its stdout is the stream.
+fn relay_line(path: &str) -> String {
+    format!(
+        "exec sudo -n docker -H {} system dial-stdio",
+        crate::commands::quote(&format!("unix://{path}"))
+    )
+}
+
+/// A relay's stream, holding its session slot for as long as it is open.
+struct WithPermit<S> {
+    stream: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WithPermit<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WithPermit<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
