@@ -201,11 +201,14 @@ fn label_filter(project: &str) -> String {
 /// `Ok(None)` when the API cannot be used on this host (the caller probes
 /// with commands), `Err` when a call or the extras command got no answer
 /// within its deadline (a hung daemon: commands would hang as well).
+/// `extras`: [`commands::probe_extras`]'s output when another command (the
+/// lock's) ran it; it is run here when that gives none.
 pub async fn probe(
     t: &dyn Transport,
     project: &str,
     bases: &[String],
     swarm: bool,
+    extras: Option<tokio::sync::oneshot::Receiver<Option<String>>>,
 ) -> Result<Option<String>, String> {
     let filter = label_filter(project);
     let api = match Api::open(t, SOCKET).await {
@@ -226,16 +229,29 @@ pub async fn probe(
     let networks_path = format!("/networks?filters={filter}");
     // What the API does not know (the firewall chain, failed pulls, the
     // host's clock) comes from one small command, at the same time.
-    let rest = Exec::new(commands::probe_extras(project))
-        .timeout(Duration::from_secs(30))
-        .idempotent(true);
+    let given = extras;
+    let extras = async {
+        if let Some(rx) = given {
+            if let Ok(Some(text)) = rx.await {
+                return Ok(Some(text));
+            }
+        }
+        let rest = Exec::new(commands::probe_extras(project))
+            .timeout(Duration::from_secs(30))
+            .idempotent(true);
+        match t.exec(rest).await {
+            Ok(o) if o.success() => Ok(Some(o.stdout_str())),
+            Err(e @ crate::transport::TransportError::Timeout { .. }) => Err(e.to_string()),
+            _ => Ok(None),
+        }
+    };
     let base_paths: Vec<String> = bases.iter().map(|b| format!("/images/{b}/json")).collect();
     let (images, containers, networks, volumes, extras, base_found, swarm_text) = tokio::join!(
         api.get(&images_path),
         api.get(&containers_path),
         api.get(&networks_path),
         api.get("/volumes"),
-        t.exec(rest),
+        extras,
         futures::future::join_all(base_paths.iter().map(|p| api.get(p))),
         swarm_probe(&api, project, swarm),
     );
@@ -264,10 +280,8 @@ pub async fn probe(
     else {
         return Ok(None);
     };
-    let extras = match extras {
-        Ok(o) if o.success() => o.stdout_str(),
-        Err(e @ crate::transport::TransportError::Timeout { .. }) => return Err(e.to_string()),
-        _ => return Ok(None),
+    let Some(extras) = extras? else {
+        return Ok(None);
     };
     let answers = Answers {
         version,

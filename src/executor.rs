@@ -149,11 +149,13 @@ pub struct Host {
 }
 
 /// One probe of a host: through Docker's API socket where the transport can
-/// reach it, with commands otherwise.
+/// reach it, with commands otherwise. `extras`: the output of
+/// [`commands::probe_extras`] when the lock's command ran it.
 pub async fn probe_host(
     t: &dyn Transport,
     project: &str,
     plan: &HostPlan,
+    extras: Option<crate::session::Rider>,
 ) -> Result<HostState, String> {
     let mut bases: BTreeSet<String> = plan
         .steps
@@ -169,7 +171,7 @@ pub async fn probe_host(
     } else {
         "true".to_string()
     };
-    if let Some(text) = crate::docker_api::probe(t, project, &bases, swarm).await? {
+    if let Some(text) = crate::docker_api::probe(t, project, &bases, swarm, extras).await? {
         return Ok(HostState::parse(&text));
     }
     let line = format!("{}; {also}", commands::probe(project, &bases));
@@ -212,7 +214,7 @@ pub async fn execute_with(
             let t = h.transport.as_ref().ok()?;
             let result = match taken {
                 Some(r) => r,
-                None => probe_host(t.as_ref(), &project, &h.plan).await,
+                None => probe_host(t.as_ref(), &project, &h.plan, None).await,
             };
             if let Err(e) = &result {
                 events.emit(Event::HostFailed {
@@ -603,7 +605,7 @@ impl HostRun {
                 // so the probe saw no images, containers, networks or
                 // volumes: look again now that it answers, or every later
                 // step would redo (and trip over) what is already there.
-                match probe_host(t, &self.project, plan).await {
+                match probe_host(t, &self.project, plan, None).await {
                     Ok(fresh) => {
                         for s in plan.steps.iter().filter(|s| s.kind() != StepKind::Ready) {
                             if fresh.holds(&s.when) && only_includes(self.opts.only.as_deref(), s) {

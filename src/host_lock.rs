@@ -259,55 +259,119 @@ pub async fn try_take(
     run: &RunId,
     break_lock: bool,
 ) -> Result<Option<String>, TakeError> {
-    match try_take_once(t, project, run, break_lock).await {
+    try_take_with(t, project, run, break_lock, None)
+        .await
+        .map(|taken| taken.broken)
+}
+
+/// A lock taken by [`try_take_with`].
+pub struct Taken {
+    /// What a lock removed first said (see [`take`]).
+    pub broken: Option<String>,
+    /// The rider's output.
+    pub rider: Option<String>,
+}
+
+/// [`try_take`] that also runs `rider`, a shell line, in the lock's own
+/// command once the lock is taken: one process on the host for both (one
+/// sudo for a sudo user). Its exit status is ignored; its output is
+/// [`Taken::rider`].
+pub async fn try_take_with(
+    t: &dyn Transport,
+    project: &str,
+    run: &RunId,
+    break_lock: bool,
+    rider: Option<&str>,
+) -> Result<Taken, TakeError> {
+    let attempt = Attempt {
+        t,
+        project,
+        run,
+        rider,
+    };
+    match attempt.once(break_lock).await {
         Err(TakeError::Held { holder, .. }) if stale_here(&holder) => {
             // Removed only if it still is that lock: a run that took it
             // meanwhile keeps it.
             release_info(t, project, &holder)
                 .await
                 .map_err(TakeError::Failed)?;
-            try_take_once(t, project, run, false)
-                .await
-                .map(|_| Some(format!("{} (that run is gone)", describe(&holder))))
+            attempt.once(false).await.map(|taken| Taken {
+                broken: Some(format!("{} (that run is gone)", describe(&holder))),
+                rider: taken.rider,
+            })
         }
         other => other,
     }
 }
 
-async fn try_take_once(
-    t: &dyn Transport,
-    project: &str,
-    run: &RunId,
-    break_lock: bool,
-) -> Result<Option<String>, TakeError> {
-    let line = commands::lock_take(project, &run.lock_info(), break_lock);
-    let out = t
-        .exec(Exec::new(line).timeout(Duration::from_secs(30)))
-        .await
-        .map_err(|e| TakeError::Failed(e.to_string()))?;
-    let text = out.stdout_str();
-    if out.status == Some(LOCKED) {
-        let holder = text
-            .lines()
-            .skip_while(|l| *l != "@locked")
-            .nth(1)
-            .unwrap_or("(no info)")
-            .trim()
-            .to_string();
-        return Err(TakeError::Held {
-            project: project.to_string(),
-            holder,
-        });
+/// Starts the rider's output in the lock command's.
+const RIDER_MARK: &str = "@rider";
+
+/// The lock command `take` followed by `rider`, which runs only once the
+/// lock is taken (a held lock exits first); the command's status stays the
+/// lock's own.
+fn with_rider(take: &str, rider: &str) -> String {
+    format!(
+        "{take}\ntaken=$?\nif [ \"$taken\" = 0 ]; then echo {RIDER_MARK}; {{ {rider}\n}}; fi\nexit \"$taken\""
+    )
+}
+
+/// One try of [`try_take_with`].
+struct Attempt<'a> {
+    t: &'a dyn Transport,
+    project: &'a str,
+    run: &'a RunId,
+    rider: Option<&'a str>,
+}
+
+impl Attempt<'_> {
+    async fn once(&self, break_lock: bool) -> Result<Taken, TakeError> {
+        let Attempt {
+            t,
+            project,
+            run,
+            rider,
+        } = *self;
+        let mut line = commands::lock_take(project, &run.lock_info(), break_lock);
+        if let Some(rider) = rider {
+            line = with_rider(&line, rider);
+        }
+        let out = t
+            .exec(Exec::new(line).timeout(Duration::from_secs(30)))
+            .await
+            .map_err(|e| TakeError::Failed(e.to_string()))?;
+        let text = out.stdout_str();
+        if out.status == Some(LOCKED) {
+            let holder = text
+                .lines()
+                .skip_while(|l| *l != "@locked")
+                .nth(1)
+                .unwrap_or("(no info)")
+                .trim()
+                .to_string();
+            return Err(TakeError::Held {
+                project: project.to_string(),
+                holder,
+            });
+        }
+        if !out.success() {
+            return Err(TakeError::Failed(format!(
+                "cannot take the lock: {}",
+                out.stderr_str().trim()
+            )));
+        }
+        let (own, rider_out) = match text.split_once(&format!("{RIDER_MARK}\n")) {
+            Some((own, rest)) => (own, Some(rest.to_string())),
+            None => (text.as_str(), None),
+        };
+        Ok(Taken {
+            broken: own
+                .lines()
+                .find_map(|l| l.strip_prefix("@broken").map(describe)),
+            rider: rider_out,
+        })
     }
-    if !out.success() {
-        return Err(TakeError::Failed(format!(
-            "cannot take the lock: {}",
-            out.stderr_str().trim()
-        )));
-    }
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("@broken").map(describe)))
 }
 
 /// How often a waiting run looks at a held lock again.
@@ -388,6 +452,33 @@ pub async fn audit_and_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rider_runs_only_once_the_lock_is_taken_and_keeps_its_status() {
+        let sh = |line: String| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(line)
+                .output()
+                .unwrap();
+            (out.status.code(), String::from_utf8(out.stdout).unwrap())
+        };
+        let rider = "echo extras; false";
+        assert_eq!(
+            sh(with_rider("echo taken", rider)),
+            (Some(0), "taken\n@rider\nextras\n".into())
+        );
+        // Held: lock_take exits 75 itself; the rider never runs.
+        assert_eq!(
+            sh(with_rider("echo @locked; exit 75", rider)),
+            (Some(75), "@locked\n".into())
+        );
+        // A failed take (the info file not written) stays a failure.
+        assert_eq!(
+            sh(with_rider("if true; then false; fi", rider)),
+            (Some(1), String::new())
+        );
+    }
 
     fn here() -> Process {
         Process {

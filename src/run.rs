@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 
+use crate::commands;
 use crate::events::{Event, Events};
 use crate::executor::{self, HostReport};
 use crate::inventory::Inventory;
@@ -15,7 +16,7 @@ use crate::load::Loaded;
 use crate::machines::{MachineSpec, MachineState, Playground};
 use crate::plan::{Plan, StepKind};
 use crate::probe::HostState;
-use crate::session::{Notify, Session};
+use crate::session::{Notify, Rider, Session};
 use crate::transport::Transport;
 
 pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
@@ -130,15 +131,22 @@ pub async fn up_with(
     let inv = &loaded.inventory;
     let project = inv.project.name.as_str();
     let names: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
-    let probe = |i: usize, t: Arc<dyn Transport>| -> BoxFuture<'_, Result<HostState, String>> {
+    let probe = |i: usize,
+                 t: Arc<dyn Transport>,
+                 extras: Option<Rider>|
+     -> BoxFuture<'_, Result<HostState, String>> {
         let hp = &plan.hosts[i];
-        Box::pin(async move { executor::probe_host(t.as_ref(), project, hp).await })
+        Box::pin(async move { executor::probe_host(t.as_ref(), project, hp, extras).await })
     };
     let notify = {
         let events = events.clone();
         Notify::new(move |n| events.notice(Some(n.host()), n.text()))
     };
-    let (session, opened) = Session::open_probing(inv, &names, policy, notify, &probe).await;
+    // The probe's extras (firewall, pull failures, clock) ride in the lock's
+    // command: one process per host for both.
+    let extras = commands::probe_extras(project);
+    let (session, opened) =
+        Session::open_probing(inv, &names, policy, notify, &probe, Some(&extras)).await;
     for (hp, o) in plan.hosts.iter().zip(&opened) {
         events.emit(match &o.transport {
             Ok(_) => Event::HostConnected {

@@ -13,6 +13,8 @@
 //! A caller's probe runs side by side with the first try (no extra round
 //! trip); its result is kept only when the lock was taken then, and the
 //! probe runs again after a wait (the other run may have changed the host).
+//! A probe's rider (a shell line it needs run on the host) goes into the
+//! lock's own command, so a host starts one process for both.
 //!
 //! What a session has to say goes through one [`Notify`] as a [`Notice`].
 
@@ -259,8 +261,14 @@ pub struct Session {
 }
 
 /// A probe to run on each host beside its lock: given the host's index in
-/// the names and its connection.
-pub type Probe<'p, P> = dyn Fn(usize, Arc<dyn Transport>) -> BoxFuture<'p, P> + Sync + 'p;
+/// the names, its connection, and the output of the probe's rider (see
+/// [`Session::open_probing`]) when the lock's command ran it.
+pub type Probe<'p, P> =
+    dyn Fn(usize, Arc<dyn Transport>, Option<Rider>) -> BoxFuture<'p, P> + Sync + 'p;
+
+/// The rider's output, once the lock's command has run: `None` when it did
+/// not run it (the lock was held): the probe then runs it itself.
+pub type Rider = tokio::sync::oneshot::Receiver<Option<String>>;
 
 impl Session {
     /// Connect to the named hosts and lock them for this run (see the
@@ -272,16 +280,21 @@ impl Session {
         policy: &LockPolicy,
         notify: Notify,
     ) -> (Session, Vec<Opened>) {
-        Session::open_probing(inv, names, policy, notify, &|_, _| Box::pin(async {})).await
+        let no_probe: &Probe<'_, ()> = &|_, _, _| Box::pin(async {});
+        Session::open_probing(inv, names, policy, notify, no_probe, None).await
     }
 
-    /// [`Session::open`] that also probes each host beside its lock.
+    /// [`Session::open`] that also probes each host beside its lock. A
+    /// `rider` (a shell line the probe needs run on each host) goes into the
+    /// lock's own command, after the lock is taken: one process on the host
+    /// for both. Its output reaches the probe through its [`Rider`].
     pub async fn open_probing<'p, P: Send + 'p>(
         inv: &Inventory,
         names: &[&str],
         policy: &LockPolicy,
         notify: Notify,
         probe: &Probe<'p, P>,
+        rider: Option<&str>,
     ) -> (Session, Vec<Opened<P>>) {
         let project = inv.project.name.clone();
         let run = RunId::current();
@@ -295,7 +308,7 @@ impl Session {
             })
             .collect();
         crate::timing::mark("connected");
-        let locked = lock(&project, &run, policy, &notify, &mut hosts, probe).await;
+        let locked = lock(&project, &run, policy, &notify, &mut hosts, probe, rider).await;
         let session = Session {
             project,
             run,
@@ -365,14 +378,26 @@ async fn lock<'p, P: Send + 'p>(
     notify: &Notify,
     hosts: &mut [Opened<P>],
     probe: &Probe<'p, P>,
+    rider: Option<&str>,
 ) -> Vec<Arc<dyn Transport>> {
     // The lock and the probe go side by side: the probe is used only when
     // the lock was taken, so no other run can change the host in between.
     let taken = join_all(hosts.iter().enumerate().map(|(i, h)| {
-        let first = h.transport.clone().ok().map(|t| (probe(i, t.clone()), t));
+        let (ridden, rider_out) = tokio::sync::oneshot::channel();
+        let first = h
+            .transport
+            .clone()
+            .ok()
+            .map(|t| (probe(i, t.clone(), rider.map(|_| rider_out)), t));
         async move {
             let (probed, t) = first?;
-            let take = host_lock::try_take(t.as_ref(), project, run, policy.break_lock);
+            let take = async {
+                let taken =
+                    host_lock::try_take_with(t.as_ref(), project, run, policy.break_lock, rider)
+                        .await;
+                let _ = ridden.send(taken.as_ref().ok().and_then(|k| k.rider.clone()));
+                taken.map(|k| k.broken)
+            };
             Some(tokio::join!(take, probed))
         }
     }))
@@ -437,7 +462,7 @@ async fn lock<'p, P: Send + 'p>(
             }
             // The state may have changed while the other run held the lock.
             let probes = join_all(hosts.iter().enumerate().map(|(i, h)| {
-                let again = h.transport.clone().ok().map(|t| probe(i, t));
+                let again = h.transport.clone().ok().map(|t| probe(i, t, None));
                 async move {
                     match again {
                         Some(p) => Some(p.await),

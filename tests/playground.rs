@@ -78,7 +78,7 @@ fn same_state_both_ways(lab: &Lab) {
             let t = SshTransport::connect(provision::run::ssh_target(&loaded.inventory, host))
                 .await
                 .unwrap();
-            let api = provision::docker_api::probe(&t, &plan.project, &bases, false)
+            let api = provision::docker_api::probe(&t, &plan.project, &bases, false, None)
                 .await
                 .expect("API probe over SSH in time")
                 .expect("API probe over SSH");
@@ -212,10 +212,14 @@ fn the_two_host_playground_end_to_end() {
     write_hosts(&lab, &BTreeMap::from([("worker_connections", "256")]));
     let as_ops = std::fs::read_to_string(lab.path().join("hosts.toml"))
         .unwrap()
-        .replace("machine = \"local\"\n", "machine = \"local\"\nuser = \"ops\"\n");
+        .replace(
+            "machine = \"local\"\n",
+            "machine = \"local\"\nuser = \"ops\"\n",
+        );
     assert_eq!(as_ops.matches("user = \"ops\"").count(), 2, "{as_ops}");
     lab.write("hosts.toml", &as_ops);
-    lab.provision(&[]).expect(0, "nginx changed, as a sudo user");
+    lab.provision(&[])
+        .expect(0, "nginx changed, as a sudo user");
     let conf = lab.ssh_ok(
         lab.addr(10),
         &format!(

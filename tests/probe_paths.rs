@@ -50,7 +50,7 @@ fn api_and_cli_probes_agree() {
     let bases = ["debian:bookworm".to_string(), "no-such/image:0".to_string()];
     let local = LocalTransport::default();
     let (api, cli) = rt.block_on(async {
-        let api = provision::docker_api::probe(&local, &project, &bases, false)
+        let api = provision::docker_api::probe(&local, &project, &bases, false, None)
             .await
             .expect("the API probe answers in time")
             .expect("the API probe answers on the local socket");

@@ -510,10 +510,11 @@ async fn a_sudo_users_docker_api_goes_through_one_relay() {
         .expect("an answer");
     assert!(version["Version"].is_string(), "{version}");
     // The whole probe (its calls in turn on one relay) answers.
-    let text = provision::docker_api::probe(&t, "provtest-relay", &["debian:none".into()], false)
-        .await
-        .unwrap()
-        .expect("the probe through the API");
+    let text =
+        provision::docker_api::probe(&t, "provtest-relay", &["debian:none".into()], false, None)
+            .await
+            .unwrap()
+            .expect("the probe through the API");
     assert!(text.starts_with("@docker "), "{text}");
     // The relay ends with its stream.
     wait_gone(&sshd, "dial-stdio").await;

@@ -209,15 +209,16 @@ async fn ask(
     transport: Result<Arc<dyn Transport>, String>,
 ) -> Result<HostAnswer, String> {
     let t = transport?;
-    let (state, listed) = futures::join!(executor::probe_host(t.as_ref(), project, hp), async {
-        // Swarm mode's containers are tasks: the manager's read names
-        // them, and no readiness probe of plain mode applies.
-        if loaded.inventory.swarm() {
-            Ok(String::new())
-        } else {
-            read(t.as_ref(), commands::container_details(project)).await
-        }
-    },);
+    let (state, listed) =
+        futures::join!(executor::probe_host(t.as_ref(), project, hp, None), async {
+            // Swarm mode's containers are tasks: the manager's read names
+            // them, and no readiness probe of plain mode applies.
+            if loaded.inventory.swarm() {
+                Ok(String::new())
+            } else {
+                read(t.as_ref(), commands::container_details(project)).await
+            }
+        },);
     let state = state?;
     let containers = status::parse_containers(&listed.map_err(|e| format!("docker: {e}"))?);
     let probes = loaded.inventory.services_on(&hp.host).filter_map(|s| {
