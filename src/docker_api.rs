@@ -128,7 +128,7 @@ impl<'a> Api<'a> {
         let connected = tokio::time::timeout(CALL_DEADLINE, connect(t, socket)).await;
         let (conn, relayed) = match connected {
             Ok(r) => r.map_err(CallError::Unusable)?,
-            Err(_) => return Err(hung(t, socket, "(connect)")),
+            Err(_) => return Err(hung(t, socket, "a stream")),
         };
         Ok(Api {
             t,
@@ -175,11 +175,15 @@ impl<'a> Api<'a> {
     }
 }
 
-fn hung(t: &dyn Transport, socket: &str, path: &str) -> CallError {
+/// `what`: a call's path (its query left out), or what else was waited for.
+fn hung(t: &dyn Transport, socket: &str, what: &str) -> CallError {
+    let what = match what.strip_prefix('/') {
+        Some(_) => format!("GET {}", what.split('?').next().unwrap_or(what)),
+        None => what.to_string(),
+    };
     CallError::Hung(format!(
-        "{}: Docker API GET {} on {socket}: no answer within {} s (is the Docker daemon hung?)",
+        "{}: Docker API {what} on {socket}: no answer within {} s (is the Docker daemon hung?)",
         t.name(),
-        path.split('?').next().unwrap_or(path),
         CALL_DEADLINE.as_secs_f32()
     ))
 }

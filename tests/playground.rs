@@ -54,6 +54,17 @@ fn visit(lab: &Lab) -> String {
     )
 }
 
+/// The nginx.conf the running Nginx container on host 1 has.
+fn nginx_conf(lab: &Lab) -> String {
+    lab.ssh_ok(
+        lab.addr(10),
+        &format!(
+            "docker exec {} cat /etc/nginx/nginx.conf",
+            lab.container("nginx")
+        ),
+    )
+}
+
 fn rows_in_postgis(lab: &Lab) -> u64 {
     let sql = "SELECT count(*) FROM visits WHERE ST_X(location::geometry) IS NOT NULL";
     lab.psql(lab.addr(11), sql).parse().unwrap()
@@ -163,13 +174,7 @@ fn the_two_host_playground_end_to_end() {
         );
     }
     assert_ne!(after["nginx"], before["nginx"], "nginx was not restarted");
-    let conf = lab.ssh_ok(
-        lab.addr(10),
-        &format!(
-            "docker exec {} cat /etc/nginx/nginx.conf",
-            lab.container("nginx")
-        ),
-    );
+    let conf = nginx_conf(&lab);
     assert!(conf.contains("worker_connections 512"), "{conf}");
     visit(&lab);
 
@@ -220,13 +225,7 @@ fn the_two_host_playground_end_to_end() {
     lab.write("hosts.toml", &as_ops);
     lab.provision(&[])
         .expect(0, "nginx changed, as a sudo user");
-    let conf = lab.ssh_ok(
-        lab.addr(10),
-        &format!(
-            "docker exec {} cat /etc/nginx/nginx.conf",
-            lab.container("nginx")
-        ),
-    );
+    let conf = nginx_conf(&lab);
     assert!(conf.contains("worker_connections 256"), "{conf}");
     visit(&lab);
     let out = lab.provision(&[]).expect(0, "rerun as a sudo user");
