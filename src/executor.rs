@@ -92,6 +92,12 @@ impl Board {
         self.notify.notify_waiters();
     }
 
+    /// Whether every one of `ids` has ended (a wait on them returns at once).
+    fn decided<'a>(&self, mut ids: impl Iterator<Item = &'a StepId>) -> bool {
+        let done = self.done.lock().unwrap();
+        ids.all(|id| done.contains_key(id))
+    }
+
     async fn wait(&self, id: &StepId) -> Outcome {
         loop {
             let notified = self.notify.notified();
@@ -279,7 +285,6 @@ pub async fn execute_with(
                 board,
                 events,
                 opts,
-                current: None,
                 excluded,
                 report: HostReport::default(),
             };
@@ -311,12 +316,41 @@ pub async fn execute_with(
 
 pub use crate::plan::only_includes;
 
-/// The step a host runs now.
+/// A step started: what its events say of it.
 struct Running {
-    step: StepId,
     /// As started: with what it rotates.
     summary: String,
     started: Instant,
+}
+
+/// A pending step whose needs and base images are in place.
+struct Ready {
+    summary: String,
+    /// The secrets a replaced container gets new values of.
+    rotated: Vec<String>,
+    /// Its time began before its base images (they are part of its span).
+    began: Instant,
+}
+
+/// What a host's steps share while they are prepared: the base images it
+/// has and those copied to it while its Docker was installed.
+struct Bases {
+    have: BTreeSet<String>,
+    staging: Option<tokio::sync::oneshot::Receiver<HashSet<String>>>,
+    staged: HashSet<String>,
+}
+
+/// How many image builds one host runs at once. Measured on two cores
+/// (bench/builds.sh): three apt-heavy builds at once take 0.81x the time of
+/// one after the other, since each waits on downloads and the layer store
+/// part of the time. `PROVISION_BUILDS=1` builds one at a time (a small
+/// host, or a build that needs all of its memory).
+fn builds_at_once() -> usize {
+    std::env::var("PROVISION_BUILDS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n: &usize| *n >= 1)
+        .unwrap_or(3)
 }
 
 struct HostRun {
@@ -328,16 +362,22 @@ struct HostRun {
     board: Arc<Board>,
     events: Arc<Events>,
     opts: Arc<Options>,
-    /// The step running now: what its output lines and its end belong to.
-    current: Option<Running>,
     excluded: Arc<HashSet<StepId>>,
     report: HostReport,
 }
 
 impl HostRun {
+    /// A step that did not run (up to date, skipped, blocked, failed
+    /// before it started).
     fn finish(&mut self, step: &Step, o: Outcome) {
-        let running = self.current.take();
-        let (summary, elapsed_ms) = match &running {
+        self.announce(step, &o, None);
+        self.record(step, o);
+    }
+
+    /// Tells everyone how `step` ended: its event, and the board other
+    /// steps wait on.
+    fn announce(&self, step: &Step, o: &Outcome, running: Option<&Running>) {
+        let (summary, elapsed_ms) = match running {
             Some(r) => (
                 r.summary.clone(),
                 crate::events::millis(r.started.elapsed()),
@@ -346,12 +386,12 @@ impl HostRun {
         };
         let host = self.host.clone();
         let sref = step.id.clone();
-        let event = match &o {
+        let event = match o {
             Outcome::Changed | Outcome::Unchanged => Event::StepFinished {
                 host,
                 step: sref,
                 summary,
-                changed: o == Outcome::Changed,
+                changed: *o == Outcome::Changed,
                 up_to_date: running.is_none(),
                 elapsed_ms,
             },
@@ -371,7 +411,12 @@ impl HostRun {
             },
         };
         self.events.emit(event);
-        match &o {
+        self.board.set(&step.id, o.clone());
+    }
+
+    /// `step`'s outcome in the host's report.
+    fn record(&mut self, step: &Step, o: Outcome) {
+        match o {
             Outcome::Changed => self.report.changed.push(step.summary.clone()),
             Outcome::Unchanged => self.report.unchanged += 1,
             // Skips are reported per service: one line for its three steps.
@@ -379,23 +424,38 @@ impl HostRun {
                 step.service()
                     .map(str::to_string)
                     .unwrap_or_else(|| step.summary.clone()),
-                why.clone(),
+                why,
             )),
-            Outcome::Failed(why) => self.report.failed.push(StepFailure::of(step, why)),
-            Outcome::Blocked(why) => self.report.blocked.push(StepFailure::of(step, why)),
+            Outcome::Failed(why) => self.report.failed.push(StepFailure::of(step, &why)),
+            Outcome::Blocked(why) => self.report.blocked.push(StepFailure::of(step, &why)),
         }
-        self.board.set(&step.id, o);
     }
 
-    /// The step ran from `began` until now (its base images included).
-    fn ran(&mut self, step: &Step, began: Instant) {
+    /// The step ran from `began` (its base images included) until `end`.
+    fn ran(&mut self, step: &Step, began: Instant, end: Instant) {
         self.report.spans.push(crate::timing::Span {
             id: step.id.clone(),
             summary: step.summary.clone(),
             needs: step.needs.clone(),
             start: began,
-            end: Instant::now(),
+            end,
         });
+    }
+
+    /// A step that ran, once it ended: its span, what it rotated, its
+    /// outcome in the report (its event was announced when it ended).
+    fn settle(&mut self, step: &Step, ready: &Ready, o: Outcome, end: Instant) {
+        if !ready.rotated.is_empty() && matches!(o, Outcome::Changed | Outcome::Unchanged) {
+            self.report.notes.push(format!(
+                "{}: rotates {} (the new value was set when the container started)",
+                step.service()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| step.id.to_string()),
+                ready.rotated.join(", ")
+            ));
+        }
+        self.ran(step, ready.began, end);
+        self.record(step, o);
     }
 
     /// Something the user must know about this host.
@@ -460,6 +520,9 @@ impl HostRun {
         images
     }
 
+    /// The host's steps in order. Builds next to each other whose needs
+    /// have all ended run side by side (at most [`builds_at_once`]); every
+    /// other step runs alone.
     async fn run_steps(
         &mut self,
         plan: &HostPlan,
@@ -467,139 +530,60 @@ impl HostRun {
         state: &HostState,
         pending: &HashSet<StepId>,
         known: &HashSet<StepId>,
-        mut staging: Option<tokio::sync::oneshot::Receiver<HashSet<String>>>,
+        staging: Option<tokio::sync::oneshot::Receiver<HashSet<String>>>,
     ) {
-        let mut staged = HashSet::new();
+        let mut bases = Bases {
+            have: state.bases.clone(),
+            staging,
+            staged: HashSet::new(),
+        };
         let mut state = state.clone();
         let mut pending = pending.clone();
-        let mut bases = state.bases.clone();
-        for step in &plan.steps {
-            if self.excluded.contains(&step.id) {
-                let only = self.opts.only.clone().unwrap_or_default();
-                self.finish(
-                    step,
-                    Outcome::Skipped(format!(
-                        "left out by --only {only} (it does not depend on {only})"
-                    )),
-                );
+        let mut next = 0;
+        while let Some(step) = plan.steps.get(next) {
+            next += 1;
+            let Some(ready) = self
+                .prepare(step, t, &state, &pending, known, &mut bases)
+                .await
+            else {
                 continue;
-            }
-            // Wait for what this step needs, here or on other hosts.
-            let mut blocked = None;
-            for need in step.needs.iter().filter(|n| known.contains(*n)) {
-                let o = self.board.wait(need).await;
-                if !o.satisfies() {
-                    blocked = Some((need.clone(), o));
-                    break;
-                }
-            }
-            if let Some((need, o)) = blocked {
-                let outcome = match o {
-                    // An upstream service skipped takes its own later steps along.
-                    Outcome::Skipped(why) if step.upstream => Outcome::Skipped(why),
-                    _ => Outcome::Blocked(format!("needs {need}, which did not succeed")),
-                };
-                self.finish(step, outcome);
-                continue;
-            }
-            if !pending.contains(&step.id) {
-                self.finish(step, Outcome::Unchanged);
-                continue;
-            }
-            let began = Instant::now();
-            // Base images first: shipped from this computer's engine when the
-            // host lacks them, pulled by the host otherwise.
-            let mut missing_base = None;
-            let wanted: Vec<&String> = step.bases.iter().filter(|b| !bases.contains(*b)).collect();
-            for b in wanted {
-                if let Some(rx) = staging.take() {
-                    staged = rx.await.unwrap_or_default();
-                }
-                if staged.remove(b) {
-                    self.notice(format!(
-                        "loading image {b} (copied to the host while Docker was installed)"
-                    ));
-                    match crate::images::load_staged(t, &self.project, b).await {
-                        Ok(()) => {
-                            bases.insert(b.clone());
-                            continue;
-                        }
-                        Err(e) => self.notice(format!("{e}: shipping it instead")),
-                    }
-                }
-                match self.ensure_base(t, b, &state).await {
-                    Ok(()) => {
-                        bases.insert(b.clone());
-                    }
-                    Err(e) => {
-                        missing_base = Some(e);
+            };
+            let mut group = vec![(step, ready)];
+            if step.kind() == StepKind::Build && builds_at_once() > 1 {
+                while let Some(other) = plan.steps.get(next) {
+                    let needs = other.needs.iter().filter(|n| known.contains(*n));
+                    if other.kind() != StepKind::Build || !self.board.decided(needs) {
                         break;
                     }
+                    next += 1;
+                    if let Some(ready) = self
+                        .prepare(other, t, &state, &pending, known, &mut bases)
+                        .await
+                    {
+                        group.push((other, ready));
+                    }
                 }
             }
-            if let Some(e) = missing_base {
-                let o = if step.upstream {
-                    let service = step.service().map(str::to_string).unwrap_or_default();
-                    self.notice(format!("skipping {service}: {e}"));
-                    Outcome::Skipped(e)
-                } else {
-                    Outcome::Failed(e)
-                };
-                self.ran(step, began);
-                self.finish(step, o);
+            if group.len() > 1 {
+                self.run_side_by_side(t, &state, group).await;
                 continue;
             }
-            // A replaced container whose secret changed gets the new value:
-            // say so, it is not an ordinary restart.
-            let rotated = state.rotated(&step.when);
-            let summary = if rotated.is_empty() {
-                step.summary.clone()
-            } else {
-                format!("{}, rotates {}", step.summary, rotated.join(", "))
-            };
-            self.events.emit(Event::StepStarted {
-                host: self.host.clone(),
-                step: step.id.clone(),
-                summary: summary.clone(),
-            });
-            self.current = Some(Running {
-                step: step.id.clone(),
-                summary: summary.clone(),
-                started: Instant::now(),
-            });
+            let (step, ready) = group.pop().expect("the step itself");
+            let running = self.start(step, &ready.summary);
             let mut result = self
-                .backup_before_replace(t, step, &state, &mut bases)
+                .backup_before_replace(t, step, &state, &mut bases.have)
                 .await;
             if result.is_ok() {
                 result = self.run_step(t, step, &state).await;
             }
             if result.is_ok() {
-                result = self.restore_after_create(t, step, &mut bases).await;
+                result = self.restore_after_create(t, step, &mut bases.have).await;
             }
-            let o = match result {
-                Ok(()) => {
-                    if !rotated.is_empty() {
-                        self.report.notes.push(format!(
-                            "{}: rotates {} (the new value was set when the container started)",
-                            step.service()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| step.id.to_string()),
-                            rotated.join(", ")
-                        ));
-                    }
-                    // A readiness wait changes nothing on the host.
-                    if step.kind() == StepKind::Ready {
-                        Outcome::Unchanged
-                    } else {
-                        Outcome::Changed
-                    }
-                }
-                Err(e) => Outcome::Failed(e),
-            };
+            let o = outcome(step, result);
             let restarted =
                 step.kind() == StepKind::Docker && o == Outcome::Changed && !state.docker_running();
-            self.ran(step, began);
-            self.finish(step, o);
+            self.announce(step, &o, Some(&running));
+            self.settle(step, &ready, o, Instant::now());
             if restarted {
                 // The daemon was not answering (stopped, or not installed),
                 // so the probe saw no images, containers, networks or
@@ -614,12 +598,154 @@ impl HostRun {
                                 pending.remove(&s.id);
                             }
                         }
-                        bases.extend(fresh.bases.iter().cloned());
+                        bases.have.extend(fresh.bases.iter().cloned());
                         state = fresh;
                     }
                     Err(e) => self.notice(format!("probe after starting Docker failed: {e}")),
                 }
             }
+        }
+    }
+
+    /// Steps that neither back up nor restore (builds), at most
+    /// [`builds_at_once`] at a time, started in plan order; each announced
+    /// the moment it ends.
+    async fn run_side_by_side(
+        &mut self,
+        t: &dyn Transport,
+        state: &HostState,
+        group: Vec<(&Step, Ready)>,
+    ) {
+        use futures::StreamExt;
+        let this = &*self;
+        let ended: Vec<(Outcome, Instant)> = futures::stream::iter(&group)
+            .map(|(step, ready)| async move {
+                let running = this.start(step, &ready.summary);
+                let o = outcome(step, this.run_step(t, step, state).await);
+                this.announce(step, &o, Some(&running));
+                (o, Instant::now())
+            })
+            .buffered(builds_at_once())
+            .collect()
+            .await;
+        for ((step, ready), (o, end)) in group.iter().zip(ended) {
+            self.settle(step, ready, o, end);
+        }
+    }
+
+    /// Everything before `step` may run: `None` when it has ended already
+    /// (left out, blocked, up to date, a base image missing), announced and
+    /// recorded.
+    async fn prepare(
+        &mut self,
+        step: &Step,
+        t: &dyn Transport,
+        state: &HostState,
+        pending: &HashSet<StepId>,
+        known: &HashSet<StepId>,
+        bases: &mut Bases,
+    ) -> Option<Ready> {
+        if self.excluded.contains(&step.id) {
+            let only = self.opts.only.clone().unwrap_or_default();
+            self.finish(
+                step,
+                Outcome::Skipped(format!(
+                    "left out by --only {only} (it does not depend on {only})"
+                )),
+            );
+            return None;
+        }
+        // Wait for what this step needs, here or on other hosts.
+        for need in step.needs.iter().filter(|n| known.contains(*n)) {
+            let o = self.board.wait(need).await;
+            if !o.satisfies() {
+                let outcome = match o {
+                    // An upstream service skipped takes its own later steps along.
+                    Outcome::Skipped(why) if step.upstream => Outcome::Skipped(why),
+                    _ => Outcome::Blocked(format!("needs {need}, which did not succeed")),
+                };
+                self.finish(step, outcome);
+                return None;
+            }
+        }
+        if !pending.contains(&step.id) {
+            self.finish(step, Outcome::Unchanged);
+            return None;
+        }
+        let began = Instant::now();
+        // Base images first: shipped from this computer's engine when the
+        // host lacks them, pulled by the host otherwise.
+        if let Err(e) = self.ensure_bases(step, t, state, bases).await {
+            let o = if step.upstream {
+                let service = step.service().map(str::to_string).unwrap_or_default();
+                self.notice(format!("skipping {service}: {e}"));
+                Outcome::Skipped(e)
+            } else {
+                Outcome::Failed(e)
+            };
+            self.ran(step, began, Instant::now());
+            self.finish(step, o);
+            return None;
+        }
+        // A replaced container whose secret changed gets the new value:
+        // say so, it is not an ordinary restart.
+        let rotated = state.rotated(&step.when);
+        let summary = if rotated.is_empty() {
+            step.summary.clone()
+        } else {
+            format!("{}, rotates {}", step.summary, rotated.join(", "))
+        };
+        Some(Ready {
+            summary,
+            rotated,
+            began,
+        })
+    }
+
+    async fn ensure_bases(
+        &self,
+        step: &Step,
+        t: &dyn Transport,
+        state: &HostState,
+        bases: &mut Bases,
+    ) -> Result<(), String> {
+        let wanted: Vec<&String> = step
+            .bases
+            .iter()
+            .filter(|b| !bases.have.contains(*b))
+            .collect();
+        for b in wanted {
+            if let Some(rx) = bases.staging.take() {
+                bases.staged = rx.await.unwrap_or_default();
+            }
+            if bases.staged.remove(b) {
+                self.notice(format!(
+                    "loading image {b} (copied to the host while Docker was installed)"
+                ));
+                match crate::images::load_staged(t, &self.project, b).await {
+                    Ok(()) => {
+                        bases.have.insert(b.clone());
+                        continue;
+                    }
+                    Err(e) => self.notice(format!("{e}: shipping it instead")),
+                }
+            }
+            self.ensure_base(t, b, state).await?;
+            bases.have.insert(b.clone());
+        }
+        Ok(())
+    }
+
+    /// `step` starts now: its event, and what its end will say of it.
+    fn start(&self, step: &Step, summary: &str) -> Running {
+        self.events.emit(Event::StepStarted {
+            host: self.host.clone(),
+            step: step.id.clone(),
+            summary: summary.to_string(),
+        });
+        Running {
+            summary: summary.to_string(),
+            started: Instant::now(),
         }
     }
 
@@ -778,6 +904,7 @@ impl HostRun {
                 return self
                     .exec(
                         t,
+                        &step.id,
                         &commands::shell(&commands::start_container(name)),
                         None,
                         deadline,
@@ -787,9 +914,9 @@ impl HostRun {
         }
         for a in &step.actions {
             match a {
-                Action::Run { line } => self.exec(t, line, None, deadline).await?,
+                Action::Run { line } => self.exec(t, &step.id, line, None, deadline).await?,
                 Action::Fetch { line, url, token } => {
-                    let out = self.exec_output(t, line, None, deadline).await?;
+                    let out = self.exec_output(t, &step.id, line, None, deadline).await?;
                     if !out.success() {
                         return Err(fetch_failure(
                             url,
@@ -800,12 +927,18 @@ impl HostRun {
                     }
                 }
                 Action::Script { line, script } => {
-                    self.exec(t, line, Some(script.as_bytes().to_vec()), deadline)
-                        .await?
+                    self.exec(
+                        t,
+                        &step.id,
+                        line,
+                        Some(script.as_bytes().to_vec()),
+                        deadline,
+                    )
+                    .await?
                 }
                 Action::Upload { dir, files, .. } => {
                     let tar = tar_of(files).map_err(|e| format!("cannot pack {dir}: {e}"))?;
-                    self.exec(t, &commands::untar_into(dir), Some(tar), deadline)
+                    self.exec(t, &step.id, &commands::untar_into(dir), Some(tar), deadline)
                         .await?
                 }
                 Action::Relay { from, image } => {
@@ -842,7 +975,7 @@ impl HostRun {
                     .await;
                     if let (Err(why), true) = (&waited, *discard) {
                         let rm = commands::shell(&commands::remove_container(container));
-                        let _ = self.exec(t, &rm, None, deadline).await;
+                        let _ = self.exec(t, &step.id, &rm, None, deadline).await;
                         return Err(format!(
                             "the new release never got ready and was removed; the previous one goes on serving: {why}"
                         ));
@@ -857,11 +990,12 @@ impl HostRun {
     async fn exec(
         &self,
         t: &dyn Transport,
+        step: &StepId,
         line: &str,
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(), String> {
-        let out = self.exec_output(t, line, stdin, timeout).await?;
+        let out = self.exec_output(t, step, line, stdin, timeout).await?;
         if out.success() {
             Ok(())
         } else {
@@ -880,23 +1014,22 @@ impl HostRun {
     async fn exec_output(
         &self,
         t: &dyn Transport,
+        step: &StepId,
         line: &str,
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<crate::transport::ExecOutput, String> {
         let events = self.events.clone();
         let host = self.host.clone();
-        let step = self.current.as_ref().map(|r| r.step.clone());
+        let step = step.clone();
         let mut req = Exec::new(line)
             .timeout(timeout)
             .on_line(move |_s: Stream, l: &str| {
-                if let Some(step) = &step {
-                    events.emit(Event::StepOutput {
-                        host: host.clone(),
-                        step: step.clone(),
-                        line: l.to_string(),
-                    })
-                }
+                events.emit(Event::StepOutput {
+                    host: host.clone(),
+                    step: step.clone(),
+                    line: l.to_string(),
+                })
             });
         if let Some(b) = stdin {
             req = req.stdin_bytes(b);
@@ -931,6 +1064,16 @@ impl HostRun {
         crate::images::ensure(t, image, &source, &mut say)
             .await
             .map(drop)
+    }
+}
+
+/// What a step that ran came to. A readiness wait changes nothing on the
+/// host.
+fn outcome(step: &Step, result: Result<(), String>) -> Outcome {
+    match result {
+        Ok(()) if step.kind() == StepKind::Ready => Outcome::Unchanged,
+        Ok(()) => Outcome::Changed,
+        Err(e) => Outcome::Failed(e),
     }
 }
 

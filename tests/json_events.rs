@@ -161,6 +161,37 @@ fn run_events_as_json_lines() {
             .contains("the build of broken stops here"),
         "the failure shows the build's own words: {build}"
     );
+    // b's two builds ran side by side: each started before either ended,
+    // and each one's output lines name it, not the other.
+    let at = |event: &str, service: &str| {
+        evs.iter()
+            .position(|e| {
+                e["event"] == event
+                    && e["host"] == "b"
+                    && e["step"]["service"] == service
+                    && e["step"]["kind"] == "build"
+            })
+            .unwrap_or_else(|| panic!("no {event} of {service}'s build on b:\n{stdout}"))
+    };
+    let last_start = at("step_started", "hello2").max(at("step_started", "broken"));
+    let first_end = at("step_finished", "hello2").min(at("step_failed", "broken"));
+    assert!(
+        last_start < first_end,
+        "b's builds ran one after the other:\n{stdout}"
+    );
+    let outputs = of(&evs, "step_output");
+    let words: Vec<_> = outputs
+        .iter()
+        .filter(|e| {
+            e["line"]
+                .as_str()
+                .is_some_and(|l| l.contains("the build of broken stops here"))
+        })
+        .collect();
+    assert!(!words.is_empty(), "no output of broken's build:\n{stdout}");
+    for e in words {
+        assert_eq!(e["step"]["service"], "broken", "{e}");
+    }
     // What needed the failed build is blocked, and says so.
     assert!(
         failed.iter().any(|e| e["step"]["service"] == "broken"
