@@ -17,6 +17,8 @@
 #   round), and runs the script: the same installs, builds and runs in
 #   provision's order, the hosts in parallel; web starts rails once PostGIS
 #   on db answers.
+# - one-at-a-time: provision with PROVISION_BUILDS=1 (a host's builds one
+#   after the other, as before they ran side by side), two hosts.
 # - alone: after a provision arm, one host's machine is replaced by a
 #   blank one and `provision --only HOST` converges it while the other
 #   host stays up (web first, then db).
@@ -157,8 +159,8 @@ yardstick_run() { # the wall time on stdout
 
 captured=
 rows=()
-P=() Y=() W=() D=()
-arm() { # provision|yardstick ROUND
+P=() Y=() S=() W=() D=()
+arm() { # provision|yardstick|serial ROUND
   local s
   blank web db
   if [ "$1" = provision ]; then
@@ -174,27 +176,35 @@ arm() { # provision|yardstick ROUND
     local d
     d=$(provision_run "alone-db-$2.log" --only db)
     W+=("$w") D+=("$d")
-    rows+=("$(printf '%5s  %-10s %8s %8s %8s' "$2" provision "$s" "$w" "$d")")
+    rows+=("$(printf '%5s  %-13s %8s %8s %8s' "$2" provision "$s" "$w" "$d")")
+  elif [ "$1" = serial ]; then
+    s=$(PROVISION_BUILDS=1 provision_run "serial-$2.log")
+    served
+    S+=("$s")
+    rows+=("$(printf '%5s  %-13s %8s' "$2" one-at-a-time "$s")")
   else
     s=$(yardstick_run)
     served
     Y+=("$s")
-    rows+=("$(printf '%5s  %-10s %8s' "$2" yardstick "$s")")
+    rows+=("$(printf '%5s  %-13s %8s' "$2" yardstick "$s")")
   fi
   log "${rows[-1]}"
 }
 
+arms=(provision yardstick serial)
 for n in $(seq 1 "$rounds"); do
-  if (( n % 2 )); then arm provision "$n"; arm yardstick "$n"; else arm yardstick "$n"; arm provision "$n"; fi
+  for k in 0 1 2; do arm "${arms[(n - 1 + k) % 3]}" "$n"; done
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-mp=$(median "${P[@]}") my=$(median "${Y[@]}") mw=$(median "${W[@]}") md=$(median "${D[@]}")
+mp=$(median "${P[@]}") my=$(median "${Y[@]}") ms=$(median "${S[@]}") mw=$(median "${W[@]}") md=$(median "${D[@]}")
 printf '\nseconds, from blank machines (Docker not installed) to the last container\n'
-printf '%5s  %-10s %8s %8s %8s\n' round arm two-host web-alone db-alone
+printf '%5s  %-13s %8s %8s %8s\n' round arm two-host web-alone db-alone
 printf '%s\n' "${rows[@]}"
 printf '\nmedians: provision %s s, yardstick %s s: %s (target <= 1.0x)\n' "$mp" "$my" \
   "$(awk -v a="$mp" -v b="$my" 'BEGIN { printf "%.2fx", a / b }')"
+printf 'builds side by side / one at a time: %s s / %s s: %s\n' "$mp" "$ms" \
+  "$(awk -v a="$mp" -v b="$ms" 'BEGIN { printf "%.2fx", a / b }')"
 slow=$(awk -v a="$mw" -v b="$md" 'BEGIN { print (a > b) ? a : b }')
 printf 'two-host wall / slowest host alone (web %s s, db %s s): %s (target <= 1.1x)\n' "$mw" "$md" \
   "$(awk -v a="$mp" -v b="$slow" 'BEGIN { printf "%.2fx", a / b }')"
