@@ -4,8 +4,10 @@
 # image built; one container with a named volume and a published port, on
 # each host). Times NO-OP reruns: N interleaved rounds, each tool in turn
 # (the order rotates every round), and prints medians and ratios. provision
-# runs three times per round: as root, as `ops` (a sudo user on the same
-# hosts) and as `opsd` (a sudo user in the docker group).
+# runs four times per round: as root, as `ops` (a sudo user on the same
+# hosts: its Docker API relay is socat), as `opsc` (the same, but sudo's
+# PATH has no socat: the relay is the docker CLI's) and as `opsd` (a sudo
+# user in the docker group).
 #
 #   bench/peers.sh [ROUNDS]     # default 9 rounds
 #   bench/peers.sh change       # change detection: new template value, rerun each tool
@@ -48,9 +50,12 @@ export ANSIBLE_NOCOLOR=1 PYTHONWARNINGS=ignore
 
 run_provision() { "$bin" --hosts hosts.toml "$@"; }
 # The same hosts reached as `ops`, a non-root user with passwordless sudo
-# (the usual cloud login): sudo.toml is hosts.toml with `user = "ops"`; and
-# as `opsd`, the same but also in the docker group (sudo-docker.toml).
+# (the usual cloud login): sudo.toml is hosts.toml with `user = "ops"`; as
+# `opsc`, whose sudo PATH lacks /usr/local/bin, where socat is
+# (sudo-cli.toml); and as `opsd`, also in the docker group
+# (sudo-docker.toml).
 run_sudo() { "$bin" --hosts sudo.toml; }
+run_sudo_cli() { "$bin" --hosts sudo-cli.toml; }
 run_sudo_docker() { "$bin" --hosts sudo-docker.toml; }
 run_full() { "$bin" --hosts full.toml; }
 run_ansible() { (cd ansible && "$venv/bin/ansible-playbook" playbook.yml); }
@@ -94,19 +99,25 @@ prepare() {
   run_provision >/dev/null 2>&1 || run_provision
   # community.docker's modules need python3-requests on the hosts.
   for h in "${hosts[@]}"; do
-    ssh "${ssh_opts[@]}" "root@$h" 'python3 -c "import requests" 2>/dev/null || { apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-requests >/dev/null; }' &
+    # socat (for the sudo users' relay) in /usr/local/bin only, so that one
+    # user's sudo PATH can leave it out.
+    ssh "${ssh_opts[@]}" "root@$h" '{ python3 -c "import requests" 2>/dev/null && [ -x /usr/local/bin/socat ]; } ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        python3-requests socat >/dev/null && mv /usr/bin/socat /usr/local/bin/socat; }' &
   done
   wait
   # The sudo users: the root key authorized, sudo without a password.
   for h in "${hosts[@]}"; do
-    ssh "${ssh_opts[@]}" "root@$h" 'for u in ops opsd; do id $u >/dev/null 2>&1 || { useradd -m -s /bin/sh $u &&
+    ssh "${ssh_opts[@]}" "root@$h" 'for u in ops opsc opsd; do id $u >/dev/null 2>&1 || { useradd -m -s /bin/sh $u &&
       install -d -m 700 -o $u -g $u /home/$u/.ssh &&
       install -m 600 -o $u -g $u /root/.ssh/authorized_keys /home/$u/.ssh/authorized_keys &&
       echo "$u ALL=(ALL) NOPASSWD:ALL" >/etc/sudoers.d/$u && chmod 440 /etc/sudoers.d/$u; }; done
+      echo "Defaults:opsc secure_path=\"/usr/sbin:/usr/bin:/sbin:/bin\"" >/etc/sudoers.d/opsc-path
+      chmod 440 /etc/sudoers.d/opsc-path
       gpasswd -a opsd docker >/dev/null'
   done
   sed 's/^machine = "local"$/&\nuser = "ops"/' hosts.toml >sudo.toml
+  sed 's/^machine = "local"$/&\nuser = "opsc"/' hosts.toml >sudo-cli.toml
   sed 's/^machine = "local"$/&\nuser = "opsd"/' hosts.toml >sudo-docker.toml
   run_ansible >/dev/null 2>&1
   run_ansible_docker >/dev/null 2>&1
@@ -118,6 +129,7 @@ prepare() {
   # Every tool's rerun must change nothing.
   converge provision 'Nothing changed' run_provision
   converge provision-sudo 'Nothing changed' run_sudo
+  converge provision-sudo-cli 'Nothing changed' run_sudo_cli
   converge provision-sudo-docker 'Nothing changed' run_sudo_docker
   converge ansible 'm1 +: ok=[0-9]+ +changed=0 .*' run_ansible
   converge ansible-docker 'm1 +: ok=[0-9]+ +changed=0 .*' run_ansible_docker
@@ -190,12 +202,13 @@ fi
 # --- timing --------------------------------------------------------------
 rounds=${1:-9}
 prepare
-tools=(provision sudo sudo_docker ansible ansible-docker pyinfra yardstick ssh_true)
+tools=(provision sudo sudo_cli sudo_docker ansible ansible-docker pyinfra yardstick ssh_true)
 [ "${BENCH_FULL:-1}" = 0 ] || tools+=(full)
-declare -A fn=([provision]=run_provision [sudo]=run_sudo [sudo_docker]=run_sudo_docker [ansible]=run_ansible [ansible-docker]=run_ansible_docker
+declare -A fn=([provision]=run_provision [sudo]=run_sudo [sudo_cli]=run_sudo_cli [sudo_docker]=run_sudo_docker [ansible]=run_ansible [ansible-docker]=run_ansible_docker
   [pyinfra]=run_pyinfra [yardstick]=run_yardstick [ssh_true]=run_ssh_true [full]=run_full)
 declare -A label=([provision]="provision (2 hosts, 1 service each)"
-  [sudo]="provision as a sudo user (same hosts)"
+  [sudo]="provision as a sudo user (socat relay)"
+  [sudo_cli]="provision as a sudo user (docker CLI relay)"
   [sudo_docker]="provision as a sudo user in group docker"
   [ansible]="Ansible (command tasks)" [ansible-docker]="Ansible (community.docker)"
   [pyinfra]="pyinfra (docker ops)" [yardstick]="shell yardstick (1 ssh per host)"
@@ -224,17 +237,19 @@ label = {$(for t in "${tools[@]}"; do printf '"%s": "%s", ' "$t" "${label[$t]}";
 med = {t: statistics.median(v) for t, v in runs.items()}
 p = med["provision"]
 print(f"no-op reruns, median of {sys.argv[2]} interleaved rounds")
-print(f"{'tool':<38} {'median':>8} {'min':>7} {'max':>7} {'vs provision':>13}")
+print(f"{'tool':<44} {'median':>8} {'min':>7} {'max':>7} {'vs provision':>13}")
 for t in label:
     v = runs[t]
-    print(f"{label[t]:<38} {med[t]:>7.3f}s {min(v):>6.3f}s {max(v):>6.3f}s {med[t] / p:>12.2f}x")
+    print(f"{label[t]:<44} {med[t]:>7.3f}s {min(v):>6.3f}s {max(v):>6.3f}s {med[t] / p:>12.2f}x")
 print()
 def check(name, ok, detail):
     print(f"  [{'ok' if ok else 'MISSED'}] {name}: {detail}")
 print("targets:")
 check("provision >= 20x faster than Ansible", med["ansible"] / p >= 20, f"{med['ansible'] / p:.1f}x")
 check("provision >= 6x faster than pyinfra", med["pyinfra"] / p >= 6, f"{med['pyinfra'] / p:.1f}x")
-check("the sudo user's no-op <= 1.3x root's", med["sudo"] / p <= 1.3, f"{med['sudo'] / p:.2f}x")
+check("the sudo user's no-op <= 1.3x root's (socat relay)", med["sudo"] / p <= 1.3, f"{med['sudo'] / p:.2f}x")
+check("the sudo user's no-op <= 1.3x root's (docker CLI relay)", med["sudo_cli"] / p <= 1.3,
+      f"{med['sudo_cli'] / p:.2f}x")
 check("a sudo user in group docker: no-op <= 1.3x root's", med["sudo_docker"] / p <= 1.3,
       f"{med['sudo_docker'] / p:.2f}x")
 check("provision <= 0.5x the shell yardstick", p / med["yardstick"] <= 0.5, f"{p / med['yardstick']:.2f}x")

@@ -1,5 +1,6 @@
 //! Runs a plan: one probe per host, then each host's pending steps in
-//! order, hosts in parallel, waiting across hosts where the wiring says so.
+//! order (its builds next to each other side by side), hosts in parallel,
+//! waiting across hosts where the wiring says so.
 //! A failed step blocks only the steps that need it; everything else goes
 //! on, and the report says what failed where.
 

@@ -503,6 +503,29 @@ async fn a_sudo_users_docker_api_goes_through_one_relay() {
     let socket = provision::docker_api::SOCKET;
     let opened = t.unix_stream(socket).await.unwrap().expect("a stream");
     assert!(opened.relayed);
+    // The relay is socat where the host has it (CI installs it; the
+    // playground's machines have none and take the docker CLI's).
+    let socat = std::path::Path::new("/usr/bin/socat").exists();
+    assert!(
+        socat || std::env::var("CI").as_deref() != Ok("true"),
+        "CI has no /usr/bin/socat: .ci/run installs it"
+    );
+    let relay = if socat {
+        "socat - UNIX-CONNECT:"
+    } else {
+        "docker -H unix://"
+    };
+    support::wait::eventually(
+        &format!("a process `{relay}...` under sshd"),
+        Duration::from_secs(60),
+        || {
+            sshd.descendants()
+                .iter()
+                .any(|(_, c)| c.starts_with(relay))
+                .then_some(())
+        },
+    )
+    .await;
     drop(opened);
     let version = provision::docker_api::get_at(&t, socket, "/version")
         .await

@@ -371,14 +371,28 @@ impl Transport for SshTransport {
     }
 }
 
-/// The line a sudo user's stream to the Docker socket `path` runs: the
-/// docker CLI's own relay (what `docker -H ssh://` runs on the far side),
-/// as root. No pid line: its stdout is the stream.
+/// The line a sudo user's stream to the Docker socket `path` runs, as
+/// root: socat where the host has it (it starts in about 2 ms), else the
+/// docker CLI's own relay (what `docker -H ssh://` runs on the far side;
+/// its start takes about 25 ms of the host's CPU). No pid line: its
+/// stdout is the stream.
 fn relay_line(path: &str) -> String {
-    format!(
-        "exec sudo -n docker -H {} system dial-stdio",
-        crate::commands::quote(&format!("unix://{path}"))
-    )
+    use crate::commands::quote;
+    let docker = format!(
+        "exec docker -H {} system dial-stdio",
+        quote(&format!("unix://{path}"))
+    );
+    // socat reads `:` `,` `!` and spaces in an address as its own syntax.
+    let plain = !path.contains([':', ',', '!', ' ', '\\', '\'', '"']);
+    let inner = if plain {
+        format!(
+            "command -v socat >/dev/null 2>&1 && exec socat - {}; {docker}",
+            quote(&format!("UNIX-CONNECT:{path}"))
+        )
+    } else {
+        docker
+    };
+    format!("exec sudo -n sh -c {}", quote(&inner))
 }
 
 /// A relay's stream, holding its session slot for as long as it is open.
@@ -1244,6 +1258,22 @@ fn open<'a>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_relay_takes_socat_where_the_host_has_it_else_the_docker_cli() {
+        assert_eq!(
+            relay_line("/var/run/docker.sock"),
+            "exec sudo -n sh -c 'command -v socat >/dev/null 2>&1 && exec socat - \
+             UNIX-CONNECT:/var/run/docker.sock; exec docker -H unix:///var/run/docker.sock \
+             system dial-stdio'"
+        );
+        // A path socat would read as its own syntax goes to the docker CLI.
+        assert_eq!(
+            relay_line("/run/a,b.sock"),
+            "exec sudo -n sh -c \"exec docker -H 'unix:///run/a,b.sock' system dial-stdio\""
+        );
+    }
+
     use super::*;
 
     #[test]
