@@ -26,7 +26,9 @@
 # and ends when its last container runs; the page through Nginx is checked
 # after each two-host arm, untimed.
 #
-# Machines: project `pvcold`, web 10.212.4.10, db 10.212.4.11; the app is a
+# Machines: project `pvcold`, web 10.212.4.10, db 10.212.4.11, one CPU each
+# (`cpus = 1`: two VMs do not share their cores, and on this two-core
+# computer, without it, one host alone gets both); the app is a
 # copy of examples/rails_app in bench/.cold/ (git-ignored, 0700).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,10 +58,12 @@ generate = true
 [hosts.web]
 machine = "local"
 address = "$web"
+cpus = 1
 
 [hosts.db]
 machine = "local"
 address = "$db"
+cpus = 1
 
 [services.postgis]
 host = "db"

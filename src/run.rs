@@ -27,6 +27,7 @@ pub fn machine_specs(inv: &Inventory) -> Vec<MachineSpec> {
             let mut spec = MachineSpec::new(&inv.project.name, &h.name, h.address.parse().ok()?);
             spec.init = m.init;
             spec.forwards = m.forward.clone();
+            spec.cpus = m.cpus;
             Some(spec)
         })
         .collect()

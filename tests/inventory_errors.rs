@@ -83,6 +83,10 @@ fn cases() -> Vec<(String, usize, &'static str, &'static str)> {
         ("[hosts.web]\naddress = \"10.0.0.1\"\n".into(), 1, "services", "no services defined"),
         (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\nuser = \"bob smith\"\n"), 22, "hosts.cache.user", "invalid user name"),
         (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\npassphrase_env = \"my-pass\"\n"), 22, "hosts.cache.passphrase_env", "invalid environment variable name"),
+        (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\ncpus = 1\n"), 22, "hosts.cache.cpus", "only applies to local playground machines"),
+        (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\nmachine = \"local\"\ncpus = \"two\"\n"), 23, "hosts.cache.cpus", "expected a number of CPUs"),
+        (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\nmachine = \"local\"\ncpus = 0\n"), 23, "hosts.cache.cpus", "0 CPUs is not a share Docker can give"),
+        (with("\n[hosts.cache]\naddress = \"10.0.0.12\"\nmachine = \"local\"\ncpus = 0.125\n"), 23, "hosts.cache.cpus", "at most two decimals"),
         (with("\n[hosts.a]\naddress = \"10.0.0.12\"\nmachine = \"local\"\nforward = [\"8080:80\"]\n[hosts.b]\naddress = \"10.0.0.13\"\nmachine = \"local\"\nforward = [\"8080:80\"]\n"), 27, "hosts.b.forward[0]", "already forwarded to host `a`"),
     ]
 }

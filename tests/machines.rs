@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use provision::machines::{Init, MachineState, PortForward, UpAction, LABEL_PROJECT};
+use provision::machines::{Cpus, Init, MachineState, PortForward, UpAction, LABEL_PROJECT};
 use support::lab::Lab;
 use support::wait::eventually;
 
@@ -18,13 +18,20 @@ async fn up_is_reachable_with_strict_host_keys_idempotent_and_down_cleans_up() {
     let Some(lab) = Lab::numbered("pvtest", 213) else {
         return;
     };
-    let specs = [
-        lab.spec("web", 10, Init::Systemd),
-        lab.spec("db", 11, Init::None),
-    ];
+    let mut db = lab.spec("db", 11, Init::None);
+    db.cpus = Some(Cpus(100));
+    let specs = [lab.spec("web", 10, Init::Systemd), db];
 
     let first = lab.playground.up(&specs).await.unwrap();
     assert_eq!(first.len(), 2);
+    // `cpus = 1` gives the machine one CPU's share; without it, no limit.
+    let nano_cpus = |name: &str| {
+        lab.docker(&["inspect", "-f", "{{.HostConfig.NanoCpus}}", name])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(nano_cpus(&specs[0].container_name()), "0");
+    assert_eq!(nano_cpus(&specs[1].container_name()), "1000000000");
     for (info, spec) in first.iter().zip(&specs) {
         assert_eq!(info.action, UpAction::Created);
         assert_eq!(info.address, spec.address);

@@ -13,7 +13,7 @@ pub use reader::parse;
 
 /// How a local machine boots and what it forwards: the playground's own
 /// types (one each for hosts.toml and the machines).
-pub use crate::machines::{Init, PortForward};
+pub use crate::machines::{Cpus, Init, PortForward};
 /// How a host's SSH key is checked: the transport's own policy (one type
 /// for hosts.toml and the connection).
 pub use crate::transport::HostKeyPolicy;
@@ -126,6 +126,8 @@ pub struct LocalMachine {
     /// `127.0.0.1:host_port` on the provisioning computer -> `guest_port`
     /// on the machine.
     pub forward: Vec<PortForward>,
+    /// `cpus = 1`: the machine's share of this computer's CPUs; `None`: all.
+    pub cpus: Option<Cpus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

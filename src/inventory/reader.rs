@@ -31,6 +31,7 @@ const HOST_KEYS: &[&str] = &[
     "machine",
     "init",
     "forward",
+    "cpus",
     "role",
 ];
 const SERVICE_KEYS: &[&str] = &[
@@ -259,6 +260,47 @@ impl<'s> Reader<'s> {
             "a number of seconds from 1 to 3600",
         )?;
         Some(n as u64)
+    }
+
+    /// `cpus = 1` or `cpus = 1.5`: more than 0, at most 1024, in steps of
+    /// 0.01 (what Docker's `--cpus` takes).
+    fn cpus(&mut self, t: &DeTable, path: &str) -> Option<Cpus> {
+        let v = t.get("cpus")?;
+        let p = join(path, "cpus");
+        self.record(&p, v.span());
+        let value = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            other => {
+                self.c.error_with_hint(
+                    v.span(),
+                    p,
+                    format!("expected a number of CPUs, found {}", type_name(other)),
+                    "e.g. cpus = 1 or cpus = 1.5",
+                );
+                return None;
+            }
+        };
+        let hundredths = value.map(|x| x * 100.0).filter(|h| h.is_finite());
+        match hundredths {
+            Some(h) if (1.0..=102_400.0).contains(&h.round()) && (h - h.round()).abs() < 1e-6 => {
+                Some(Cpus(h.round() as u32))
+            }
+            _ => {
+                self.c.error_with_hint(
+                    v.span(),
+                    p,
+                    format!(
+                        "{} CPUs is not a share Docker can give",
+                        value.map_or("this".into(), |x| x.to_string())
+                    ),
+                    "a number from 0.01 to 1024 with at most two decimals, e.g. cpus = 1",
+                );
+                None
+            }
+        }
     }
 
     fn port(&mut self, t: &DeTable, key: &str, path: &str) -> Option<u16> {
@@ -651,7 +693,7 @@ impl<'s> Reader<'s> {
         let machine_kind = self.string(t, "machine", path);
         let machine = match machine_kind.as_deref() {
             None => {
-                for key in ["init", "forward"] {
+                for key in ["init", "forward", "cpus"] {
                     if let Some(v) = t.get(key) {
                         self.c.error_with_hint(
                             v.span(),
@@ -699,7 +741,12 @@ impl<'s> Reader<'s> {
                         );
                     }
                 }
-                Some(LocalMachine { init, forward })
+                let cpus = self.cpus(t, path);
+                Some(LocalMachine {
+                    init,
+                    forward,
+                    cpus,
+                })
             }
             Some(other) => {
                 let p = join(path, "machine");

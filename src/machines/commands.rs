@@ -82,6 +82,10 @@ pub fn run_machine(spec: &MachineSpec, image: &MachineImage) -> Vec<String> {
     }
     cmd.push("--volume".into());
     cmd.push(format!("{}:/var/lib/docker", spec.volume_name()));
+    if let Some(cpus) = spec.cpus {
+        cmd.push("--cpus".into());
+        cmd.push(cpus.to_string());
+    }
     for forward in &spec.forwards {
         cmd.push("--publish".into());
         cmd.push(format!(
@@ -133,7 +137,7 @@ pub fn inspect_container(spec: &MachineSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machines::spec::PortForward;
+    use crate::machines::spec::{Cpus, PortForward};
     use std::net::Ipv4Addr;
 
     /// The command as one line; words with spaces in single quotes.
@@ -181,6 +185,17 @@ mod tests {
         let cmd = line(&run_machine(&spec, &image));
         assert!(cmd.contains("--tmpfs /run --volume demo-db-docker:/var/lib/docker"));
         assert!(!cmd.contains("/run/lock"));
+        assert!(!cmd.contains("--cpus"));
+        spec.cpus = Some(Cpus(100));
+        let cmd = line(&run_machine(&spec, &image));
+        assert!(
+            cmd.contains("--volume demo-db-docker:/var/lib/docker --cpus 1 "),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("' cpus=1'") || cmd.contains(" cpus=1'"),
+            "{cmd}"
+        );
     }
 
     #[test]

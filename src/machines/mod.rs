@@ -44,7 +44,8 @@ pub use playground::{
     MachineInfo, MachineState, MachineStatus, Playground, UpAction, DEFAULT_BASE_IMAGE,
 };
 pub use spec::{
-    network_name, subnet_of, validate, Init, MachineSpec, PortForward, LABEL_MACHINE, LABEL_PROJECT,
+    network_name, subnet_of, validate, Cpus, Init, MachineSpec, PortForward, LABEL_MACHINE,
+    LABEL_PROJECT,
 };
 
 /// Everything that can go wrong with the playground, worded for the user.

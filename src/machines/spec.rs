@@ -40,6 +40,23 @@ pub struct PortForward {
     pub guest_port: u16,
 }
 
+/// A share of the computer's CPUs, in hundredths (Docker's `--cpus`
+/// granularity): `Cpus(150)` is one and a half CPUs. Separate VMs do not
+/// share their cores; machines limited to one CPU each behave more like them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cpus(pub u32);
+
+impl fmt::Display for Cpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, part) = (self.0 / 100, self.0 % 100);
+        match part {
+            0 => write!(f, "{whole}"),
+            p if p % 10 == 0 => write!(f, "{whole}.{}", p / 10),
+            p => write!(f, "{whole}.{p:02}"),
+        }
+    }
+}
+
 /// One local playground machine, as the inventory describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineSpec {
@@ -51,6 +68,8 @@ pub struct MachineSpec {
     pub address: Ipv4Addr,
     pub init: Init,
     pub forwards: Vec<PortForward>,
+    /// `None`: no limit, the machine may use every CPU.
+    pub cpus: Option<Cpus>,
 }
 
 /// Label naming the project on every container, volume, network.
@@ -69,6 +88,7 @@ impl MachineSpec {
             address,
             init: Init::Systemd,
             forwards: Vec::new(),
+            cpus: None,
         }
     }
 
@@ -78,19 +98,25 @@ impl MachineSpec {
     }
 
     /// What a container cannot change once created, in words:
-    /// `init=systemd address=10.213.4.10 forwards=8080:80,2222:22`.
+    /// `init=systemd address=10.213.4.10 forwards=8080:80,2222:22`, then
+    /// ` cpus=1.5` only when limited, so that machines made before the
+    /// limit existed still match.
     pub fn fingerprint(&self) -> String {
         let forwards: Vec<String> = self
             .forwards
             .iter()
             .map(|f| format!("{}:{}", f.host_port, f.guest_port))
             .collect();
-        format!(
+        let mut words = format!(
             "init={} address={} forwards={}",
             self.init,
             self.address,
             forwards.join(",")
-        )
+        );
+        if let Some(cpus) = self.cpus {
+            words.push_str(&format!(" cpus={cpus}"));
+        }
+        words
     }
 
     /// Named volume mounted at /var/lib/docker: `PROJECT-NAME-docker`.
@@ -211,6 +237,20 @@ mod tests {
             s.fingerprint(),
             "init=systemd address=10.213.4.10 forwards=8080:80"
         );
+        s.cpus = Some(Cpus(150));
+        assert_eq!(
+            s.fingerprint(),
+            "init=systemd address=10.213.4.10 forwards=8080:80 cpus=1.5"
+        );
+    }
+
+    #[test]
+    fn cpus_read_as_written() {
+        let shown: Vec<String> = [100, 150, 125, 5, 1200]
+            .into_iter()
+            .map(|n| Cpus(n).to_string())
+            .collect();
+        assert_eq!(shown, ["1", "1.5", "1.25", "0.05", "12"]);
     }
 
     #[test]
